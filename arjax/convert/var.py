@@ -1,0 +1,118 @@
+"""Convert the official VAR checkpoints (`vae_ch160v4096z32.pth`, `var_d{16,20,24,30,36}.pth`).
+
+Architecture is inferred from the tensors (depth, width, heads, MLP ratio, shared AdaLN, schedule;
+tokenizer ch, ch_mult, res blocks, attention, phi sharing), then every tensor is checked and mapped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from arjax.convert.state_dict import fill_params, load_state_dict
+from arjax.nn.models.var import VAR, VARConfig
+from arjax.nn.tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
+from arjax.ops import scales
+from arjax.train.checkpoint import save_model
+
+VAE_IGNORE = (r"quantize\.ema_vocab_hit_SV",)
+VAR_IGNORE = (r"lvl_1L", r"attn_bias_for_masking", r"blocks\.\d+\.attn\.zero_k_bias")
+VAR_RENAMES = ((r"(^|\.)ada_lin\.", r"\1ada_lin.1."), (r"^shared_ada_lin\.", "shared_ada_lin.1."))
+
+
+def _indices(sd, pattern) -> list[int]:
+    rx = re.compile(pattern)
+    return sorted({int(m.group(1)) for k in sd if (m := rx.match(k))})
+
+
+def _need(sd, key, what):
+    if key not in sd:
+        raise ValueError(f"{what}: tensor {key!r} not found; is this the right checkpoint? "
+                         f"(first keys: {sorted(sd)[:5]})")
+    return sd[key]
+
+
+def vae_renames(cfg: VQVAEConfig):
+    phi = {0: r"quantize.quant_resi.\1.", 1: "quantize.quant_resi.qresi."}.get(
+        cfg.share_quant_resi, r"quantize.quant_resi.qresi_ls.\1.")
+    return ((r"^encoder\.down\.(\d+)\.resample\.", r"encoder.down.\1.downsample."),
+            (r"^decoder\.up\.(\d+)\.resample\.", r"decoder.up.\1.upsample."),
+            (r"^quantize\.quant_resi\.(\d+)\.conv\.", phi),
+            (r"^quantize\.embedding$", "quantize.embedding.weight"))
+
+
+def infer_vqvae_config(sd, patch_nums, quant_resi: float = 0.5) -> VQVAEConfig:
+    what = "VQVAE checkpoint"
+    ch = _need(sd, "encoder.conv_in.weight", what).shape[0]
+    levels = _indices(sd, r"encoder\.down\.(\d+)\.")
+    ch_mult = tuple(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in levels)
+    if "quantize.quant_resi.qresi.weight" in sd:
+        share = 1
+    elif ls := _indices(sd, r"quantize\.quant_resi\.qresi_ls\.(\d+)\."):
+        share = len(ls)
+    elif ls := _indices(sd, r"quantize\.quant_resi\.(\d+)\."):
+        share = 0
+        if len(ls) != len(patch_nums):
+            raise ValueError(f"{what}: {len(ls)} unshared phi convs but {len(patch_nums)} scales")
+    else:
+        share, quant_resi = 1, 0.0
+    return VQVAEConfig(
+        vocab_size=_need(sd, "quantize.embedding.weight", what).shape[0],
+        z_channels=sd["quantize.embedding.weight"].shape[1], ch=ch, ch_mult=ch_mult,
+        num_res_blocks=len(_indices(sd, r"encoder\.down\.0\.block\.(\d+)\.")),
+        using_sa=f"encoder.down.{levels[-1]}.attn.0.norm.weight" in sd,
+        using_mid_sa="encoder.mid.attn_1.norm.weight" in sd,
+        quant_conv_ks=_need(sd, "quant_conv.weight", what).shape[-1],
+        quant_resi=quant_resi, share_quant_resi=share, patch_nums=tuple(patch_nums))
+
+
+def infer_var_config(sd, patch_nums=None) -> VARConfig:
+    what = "VAR checkpoint"
+    emb = _need(sd, "class_emb.weight", what)
+    c = emb.shape[1]
+    depth = len(_indices(sd, r"blocks\.(\d+)\."))
+    if depth == 0:
+        raise ValueError(f"{what}: no transformer blocks (`blocks.N.*`) found")
+    l2 = "blocks.0.attn.scale_mul_1H11" in sd
+    heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1] if l2 else max(c // 64, 1)
+    if patch_nums is None:
+        if "lvl_1L" in sd:
+            patch_nums = scales.infer_patch_nums(lvl_counts=np.bincount(np.asarray(sd["lvl_1L"]).reshape(-1)))
+        else:
+            patch_nums = scales.infer_patch_nums(total_len=_need(sd, "pos_1LC", what).shape[1])
+    return VARConfig(
+        depth=depth, embed_dim=c, num_heads=heads,
+        mlp_ratio=_need(sd, "blocks.0.ffn.fc1.weight", what).shape[0] / c,
+        num_classes=emb.shape[0] - 1, vocab_size=_need(sd, "head.weight", what).shape[0],
+        cvae=_need(sd, "word_embed.weight", what).shape[1], patch_nums=tuple(patch_nums),
+        shared_aln="shared_ada_lin.1.weight" in sd, attn_l2_norm=l2)
+
+
+def abstract_params(module_cls, cfg):
+    """Pure-dict tree of ShapeDtypeStructs, without allocating parameters."""
+    model = nnx.eval_shape(lambda: module_cls(cfg, rngs=nnx.Rngs(0)))
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def convert_var(vae_path, var_path, out_dir, *, patch_nums=None, quant_resi: float = 0.5) -> Path:
+    """Read both checkpoints, check every tensor, and write an arjax model directory."""
+    var_sd = load_state_dict(var_path)
+    var_cfg = infer_var_config(var_sd, patch_nums)
+    vae_sd = load_state_dict(vae_path)
+    vae_cfg = infer_vqvae_config(vae_sd, var_cfg.patch_nums, quant_resi)
+    if (vae_cfg.vocab_size, vae_cfg.z_channels) != (var_cfg.vocab_size, var_cfg.cvae):
+        raise ValueError(f"tokenizer ({vae_path}) has vocab {vae_cfg.vocab_size} x dim {vae_cfg.z_channels} but "
+                         f"the transformer ({var_path}) expects {var_cfg.vocab_size} x {var_cfg.cvae}")
+    params = {
+        "tokenizer": fill_params(abstract_params(MultiScaleVQVAE, vae_cfg), vae_sd,
+                                 renames=vae_renames(vae_cfg), ignore=VAE_IGNORE, what=f"VQVAE ({vae_path})"),
+        "model": fill_params(abstract_params(VAR, var_cfg), var_sd,
+                             renames=VAR_RENAMES, ignore=VAR_IGNORE, what=f"VAR ({var_path})"),
+    }
+    meta = {"family": "var", "tokenizer": dataclasses.asdict(vae_cfg), "model": dataclasses.asdict(var_cfg),
+            "source": {"vae": str(vae_path), "var": str(var_path)}}
+    return save_model(out_dir, meta, jax.tree.map(np.asarray, params))

@@ -1,0 +1,133 @@
+"""VAR: next-scale prediction transformer ("Visual Autoregressive Modeling", Tian et al. 2024).
+
+Token sequence = [class token(s) | word_embed(teacher-forcing input of scales 1..K-1)], plus level and
+absolute position embeddings; blocks attend block-causally across scales; an AdaLN head gives logits.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from arjax.nn.adaln import AdaLNBeforeHead, AdaLNSelfAttn, linear
+from arjax.nn.init import torch_trunc_normal
+from arjax.ops import scales
+
+
+@dataclasses.dataclass(frozen=True)
+class VARConfig:
+    depth: int = 16
+    embed_dim: int | None = None    # default: 64 * depth (the VAR depth rule)
+    num_heads: int | None = None    # default: depth
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000         # label num_classes is the unconditional class
+    vocab_size: int = 4096
+    cvae: int = 32
+    patch_nums: tuple[int, ...] = scales.VAR_SCHEDULES[256]
+    norm_eps: float = 1e-6
+    shared_aln: bool = False        # VAR-d36 shares one AdaLN linear across blocks
+    attn_l2_norm: bool = True
+    # reference init scheme (VAR.init_weights); init_std = sqrt(1 / (3 C))
+    init_adaln: float = 0.5
+    init_adaln_gamma: float = 1e-5
+    init_head: float = 0.02
+    attn_impl: str = "auto"         # arjax.ops.attention impl
+    dtype: str = "float32"          # compute dtype of the blocks; params stay float32
+
+    def __post_init__(self):
+        object.__setattr__(self, "patch_nums", tuple(self.patch_nums))
+        if self.embed_dim is None:
+            object.__setattr__(self, "embed_dim", 64 * self.depth)
+        if self.num_heads is None:
+            object.__setattr__(self, "num_heads", self.depth)
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+
+    @property
+    def scale_lens(self) -> tuple[int, ...]:
+        return scales.scale_lens(self.patch_nums)
+
+    @property
+    def seq_len(self) -> int:
+        return sum(self.scale_lens)
+
+
+class VAR(nnx.Module):
+    def __init__(self, cfg: VARConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        c, l, first_l = cfg.embed_dim, cfg.seq_len, cfg.scale_lens[0]
+        std = math.sqrt(1 / c / 3)
+        dtype = jnp.dtype(cfg.dtype)
+        init = torch_trunc_normal(std)
+        self.word_embed = linear(cfg.cvae, c, std, rngs, dtype=dtype)
+        self.class_emb = nnx.Embed(cfg.num_classes + 1, c, embedding_init=init, rngs=rngs)
+        self.pos_start = nnx.Param(init(rngs.params(), (1, first_l, c)))
+        self.pos_1LC = nnx.Param(init(rngs.params(), (1, l, c)))
+        self.lvl_embed = nnx.Embed(len(cfg.patch_nums), c, embedding_init=init, rngs=rngs)
+        self.shared_ada_lin = linear(c, 6 * c, std, rngs, dtype=dtype) if cfg.shared_aln else None
+        self.blocks = nnx.List([
+            AdaLNSelfAttn(c, c, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, norm_eps=cfg.norm_eps,
+                          shared_aln=cfg.shared_aln, attn_l2_norm=cfg.attn_l2_norm, std=std, dtype=dtype, rngs=rngs)
+            for _ in range(cfg.depth)])
+        self.head_nm = AdaLNBeforeHead(c, c, norm_eps=cfg.norm_eps, std=std, rngs=rngs)
+        self.head = linear(c, cfg.vocab_size, std, rngs)
+        self._rescale_init()
+
+    def _rescale_init(self):
+        """The scalings VAR.init_weights applies after the truncated-normal draw."""
+        cfg, c = self.cfg, self.cfg.embed_dim
+        self.head.kernel[...] = self.head.kernel[...] * cfg.init_head
+        self.head_nm.ada_lin.kernel[...] = self.head_nm.ada_lin.kernel[...] * cfg.init_adaln
+        gain = jnp.concatenate([jnp.full((2 * c,), cfg.init_adaln_gamma), jnp.full((4 * c,), cfg.init_adaln)])
+        for blk in self.blocks:
+            blk.attn.proj.kernel[...] = blk.attn.proj.kernel[...] / math.sqrt(2 * cfg.depth)
+            blk.ffn.fc2.kernel[...] = blk.ffn.fc2.kernel[...] / math.sqrt(2 * cfg.depth)
+            if cfg.shared_aln:  # (1, 1, 6, C): rows [gamma1, gamma2, scale1, scale2, shift1, shift2]
+                blk.ada_gss[...] = blk.ada_gss[...] * gain.reshape(1, 1, 6, c)
+            else:               # kernel (C, 6C): same order along the output axis
+                blk.ada_lin.kernel[...] = blk.ada_lin.kernel[...] * gain
+
+    # -- pieces shared by teacher forcing and sampling -------------------------------------------
+    def class_cond(self, labels):
+        """labels (B,) in [0, num_classes]; num_classes is unconditional -> (B, C)."""
+        return self.class_emb(labels)
+
+    def block_cond(self, cond):
+        if self.shared_ada_lin is None:
+            return cond
+        return self.shared_ada_lin(jax.nn.silu(cond)).reshape(-1, 1, 6, self.cfg.embed_dim)
+
+    def lvl_pos(self):
+        """(1, L, C) level + absolute position embeddings."""
+        lvl = jnp.asarray(scales.level_ids(self.cfg.scale_lens))
+        return self.lvl_embed(lvl)[None] + self.pos_1LC[...]
+
+    def sos(self, cond):
+        """First-scale tokens from the class embedding: (B, first_l, C), position not yet added."""
+        first_l = self.cfg.scale_lens[0]
+        return jnp.broadcast_to(cond[:, None], (cond.shape[0], first_l, cond.shape[-1])) + self.pos_start[...]
+
+    def logits_from_hidden(self, x, cond):
+        return self.head(self.head_nm(x.astype(jnp.float32), cond)).astype(jnp.float32)
+
+    def run_blocks(self, x, cond, *, caches=None, **attn_kw):
+        """Returns the hidden states and every block's (k, v)."""
+        bcond = self.block_cond(cond)
+        x = x.astype(jnp.dtype(self.cfg.dtype))
+        kvs = []
+        for i, blk in enumerate(self.blocks):
+            x, kv = blk(x, bcond, cache=None if caches is None else caches[i], **attn_kw)
+            kvs.append(kv)
+        return x, kvs
+
+    # -- teacher forcing ----------------------------------------------------------------------------
+    def __call__(self, labels, var_input):
+        """labels (B,), var_input (B, L - first_l, Cvae) -> logits (B, L, V) float32."""
+        cond = self.class_cond(labels)
+        x = jnp.concatenate([self.sos(cond), self.word_embed(var_input)], axis=1) + self.lvl_pos()
+        x, _ = self.run_blocks(x, cond, scale_lens=self.cfg.scale_lens, mask="block_causal",
+                               impl=self.cfg.attn_impl)
+        return self.logits_from_hidden(x, cond)

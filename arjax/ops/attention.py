@@ -1,0 +1,55 @@
+"""The one attention entry point used by every model.
+
+`impl="xla"` is the dense reference: explicit boolean mask, float32 softmax. It is the oracle the
+block-sparse kernels are tested against, and the default.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from arjax.ops import scales
+
+MASKS = ("block_causal", "block_diagonal", "causal", "none")
+IMPLS = ("auto", "xla")
+
+
+def build_mask(mask: str, scale_lens, q_len: int, k_len: int) -> np.ndarray | None:
+    """Host-side boolean (q_len, k_len) mask, or None for no mask."""
+    if mask == "none":
+        return None
+    if mask == "causal":
+        return np.tril(np.ones((q_len, k_len), bool), k_len - q_len)
+    if scale_lens is None:
+        raise ValueError(f"mask={mask!r} needs scale_lens")
+    full = {"block_causal": scales.block_causal_mask,
+            "block_diagonal": scales.block_diagonal_mask}[mask](tuple(scale_lens))
+    return full[:q_len, :k_len]
+
+
+def dense_attention(q, k, v, mask=None, *, scale: float | None = None):
+    """q: (B, Lq, H, D), k/v: (B, Lk, H, D), mask: bool broadcastable to (B, H, Lq, Lk)."""
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+        s = jnp.where(mask, s, -jnp.inf)
+    p = jax.nn.softmax(s, axis=-1)
+    return jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v,
+                      preferred_element_type=jnp.float32).astype(q.dtype)
+
+
+def attention(q, k, v, *, scale_lens=None, mask: str = "block_causal", impl: str = "auto",
+              scale: float | None = None, interpret: bool = False):
+    """q, k, v: (B, L, H, D); `scale_lens` tokens per scale; returns (B, Lq, H, D).
+
+    `scale=None` means 1/sqrt(D). `interpret` is accepted for the kernel paths' CPU testing.
+    """
+    del interpret  # only meaningful for kernel implementations
+    if mask not in MASKS:
+        raise ValueError(f"attention mask must be one of {MASKS}, got {mask!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
+    m = build_mask(mask, scale_lens, q.shape[1], k.shape[1])
+    return dense_attention(q, k, v, None if m is None else jnp.asarray(m), scale=scale)

@@ -1,0 +1,57 @@
+"""The one module that talks to orbax.
+
+A model directory holds `arjax.json` (family, model configs, provenance) and `params/`, an orbax
+checkpoint of the pure-dict parameter tree `{"tokenizer": ..., "model": ...}`. Restoring goes
+against an abstract tree, so the target dtypes (and, with shardings, the target mesh) are honoured.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+META_FILE = "arjax.json"
+PARAMS_DIR = "params"
+
+
+def save_model(directory, meta: dict, params) -> Path:
+    """Write `meta` (JSON-serialisable) and the `params` pytree under `directory`."""
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / PARAMS_DIR
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; choose an empty output directory")
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(target, params)
+    ckptr.wait_until_finished()
+    tmp = directory / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    os.replace(tmp, directory / META_FILE)  # the metadata file appears last: its presence means complete
+    return directory
+
+
+def read_meta(directory) -> dict:
+    directory = Path(directory)
+    path = directory / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory} is not an arjax model directory: {META_FILE} is missing "
+            f"(create one with `arjax convert var ...` or `arjax train`)")
+    return json.loads(path.read_text())
+
+
+def load_params(directory, abstract_params):
+    """Restore the params tree onto the structure, dtypes and shardings of `abstract_params`."""
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        abstract_params)
+    path = Path(directory).absolute() / PARAMS_DIR
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is missing: the model directory is incomplete")
+    try:
+        return ocp.StandardCheckpointer().restore(path, target)
+    except ValueError as e:  # orbax reports structure / shape mismatches as ValueError
+        raise ValueError(f"checkpoint {path} does not match the model described by {META_FILE}: {e}") from e
