@@ -1,0 +1,50 @@
+"""Shared test fixtures. Parity data lives in ../shared/fixtures (or $ARJAX_FIXTURES); tests that need
+it skip with a reason when it is absent, so a plain user checkout still runs the suite."""
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+# Parity checks compare float32 numerics: never let an accelerator downgrade matmul precision.
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("ARJAX_FIXTURES", REPO.parent / "shared" / "fixtures"))
+
+
+def fixture_dir(name: str) -> Path:
+    d = FIXTURES / name
+    if not (d / "cases.npz").is_file():
+        pytest.skip(f"parity fixture {d} is absent (set ARJAX_FIXTURES to the shared/fixtures folder)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def var_tiny_files() -> Path:
+    return fixture_dir("var_tiny")
+
+
+@pytest.fixture(scope="session")
+def var_cases(var_tiny_files):
+    with np.load(var_tiny_files / "cases.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="session")
+def var_tiny_dir(var_tiny_files, tmp_path_factory) -> Path:
+    """The var_tiny fixture converted once into an arjax model directory."""
+    from arjax.convert.var import convert_var
+    out = tmp_path_factory.mktemp("var_tiny") / "model"
+    return convert_var(var_tiny_files / "vae.safetensors", var_tiny_files / "var.safetensors", out)
+
+
+@pytest.fixture(scope="session")
+def var_tiny_pipe(var_tiny_dir):
+    import arjax
+    return arjax.load(var_tiny_dir)
+
+
+def nhwc(x):
+    return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))
