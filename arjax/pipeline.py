@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from arjax.nn.init import create
 from arjax.nn.models.var import VAR, VARConfig
 from arjax.nn.tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
 from arjax.sample.next_scale import sample_next_scale
@@ -130,10 +131,12 @@ class Pipeline:
             return self._logits(self.state, y, x)
 
     def sample(self, labels, *, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96, seed: int = 0,
-               more_smooth: bool = False, return_tokens: bool = False, batch_size: int | None = None):
+               more_smooth: bool = False, return_tokens: bool = False, batch_size: int | None = None,
+               first_index: int = 0):
         """Class-conditional samples (B, H, W, 3) float32 in [0, 1] (and tokens (B, L) with return_tokens).
 
-        Sample i draws from `fold_in(key(seed), i)`, so results do not depend on `batch_size`.
+        Sample i draws from `fold_in(key(seed), first_index + i)`, so results depend neither on
+        `batch_size` nor on how a large request is split across calls (pass each call's offset).
         """
         y = _check_labels(labels, self.cfg.num_classes)
         if not 0 <= top_k <= self.cfg.vocab_size:
@@ -141,7 +144,7 @@ class Pipeline:
         if not 0.0 <= top_p <= 1.0:
             raise ValueError(f"top_p must lie in [0, 1]; got {top_p}")
         base = jax.random.key(seed)
-        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(len(y)))
+        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(first_index + jnp.arange(len(y)))
         bs = batch_size or max(len(y), 1)
         images, tokens = [], []
         for s in range(0, len(y), bs):
@@ -158,9 +161,8 @@ class Pipeline:
 def build(meta: dict, seed: int = 0, precision: str = "highest") -> Pipeline:
     """A freshly initialised pipeline from a model description (the `arjax.json` contents)."""
     tok_cls, tok_cfg_cls, model_cls, model_cfg_cls = _family(meta)
-    rngs = nnx.Rngs(seed)
-    return Pipeline(tok_cls(tok_cfg_cls(**meta["tokenizer"]), rngs=rngs),
-                    model_cls(model_cfg_cls(**meta["model"]), rngs=rngs), meta, precision)
+    return Pipeline(create(tok_cls, tok_cfg_cls(**meta["tokenizer"]), seed),
+                    create(model_cls, model_cfg_cls(**meta["model"]), seed + 1), meta, precision)
 
 
 def load(directory, precision: str = "highest") -> Pipeline:

@@ -1,0 +1,39 @@
+"""Image grids a person can look at: one row per class, the class written at the row's start."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def to_uint8(images) -> np.ndarray:
+    """(B, H, W, 3) float in [0, 1] -> uint8."""
+    return (np.clip(np.asarray(images, np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def labelled_grid(images, labels, *, per_row: int, class_names=None, pad: int = 2,
+                  label_width: int = 140) -> Image.Image:
+    imgs = to_uint8(images)
+    b, h, w, _ = imgs.shape
+    rows = -(-b // per_row)
+    canvas = Image.new("RGB", (label_width + per_row * (w + pad) + pad, rows * (h + pad) + pad), "white")
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    for i in range(b):
+        r, c = divmod(i, per_row)
+        y0 = pad + r * (h + pad)
+        canvas.paste(Image.fromarray(imgs[i]), (label_width + pad + c * (w + pad), y0))
+        if c == 0:
+            lab = int(labels[i])
+            name = class_names[lab] if class_names is not None and lab < len(class_names) else None
+            draw.text((4, y0 + h // 2 - 12), f"class {lab}", fill="black", font=font)
+            if name:
+                draw.text((4, y0 + h // 2 + 2), str(name)[:22], fill="black", font=font)
+    return canvas
+
+
+def save_grid(path, images, labels, *, per_row: int, class_names=None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labelled_grid(images, labels, per_row=per_row, class_names=class_names).save(path)
+    return path
