@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from arjax.nn.init import create
+from arjax.nn.init import abstract_module, create
 from arjax.nn.models.var import VAR, VARConfig
 from arjax.nn.tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
 from arjax.sample.next_scale import sample_next_scale
@@ -170,8 +170,7 @@ def load(directory, precision: str = "highest") -> Pipeline:
     meta = checkpoint.read_meta(directory)
     tok_cls, tok_cfg_cls, model_cls, model_cfg_cls = _family(meta)
     tok_cfg, model_cfg = tok_cfg_cls(**meta["tokenizer"]), model_cfg_cls(**meta["model"])
-    tok = nnx.eval_shape(lambda: tok_cls(tok_cfg, rngs=nnx.Rngs(0)))
-    model = nnx.eval_shape(lambda: model_cls(model_cfg, rngs=nnx.Rngs(0)))
+    tok, model = abstract_module(tok_cls, tok_cfg), abstract_module(model_cls, model_cfg)
     abstract = {"tokenizer": nnx.to_pure_dict(nnx.state(tok, nnx.Param)),
                 "model": nnx.to_pure_dict(nnx.state(model, nnx.Param))}
     params = checkpoint.load_params(directory, abstract)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax import nnx
 
 from arjax.convert.state_dict import fill_params, load_state_dict
+from arjax.nn.init import abstract_params
 from arjax.nn.models.var import VAR, VARConfig
 from arjax.nn.tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
 from arjax.ops import scales
@@ -90,12 +90,6 @@ def infer_var_config(sd, patch_nums=None) -> VARConfig:
         num_classes=emb.shape[0] - 1, vocab_size=_need(sd, "head.weight", what).shape[0],
         cvae=_need(sd, "word_embed.weight", what).shape[1], patch_nums=tuple(patch_nums),
         shared_aln="shared_ada_lin.1.weight" in sd, attn_l2_norm=l2)
-
-
-def abstract_params(module_cls, cfg):
-    """Pure-dict tree of ShapeDtypeStructs, without allocating parameters."""
-    model = nnx.eval_shape(lambda: module_cls(cfg, rngs=nnx.Rngs(0)))
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
 def convert_var(vae_path, var_path, out_dir, *, patch_nums=None, quant_resi: float = 0.5) -> Path:

@@ -36,8 +36,17 @@ def create(module_cls, cfg, seed: int = 0):
     """Instantiate `module_cls(cfg, rngs=...)` with its initialisers run under one `jax.jit`
     (one compilation instead of one per eager op). The init graph runs once, so on CPU it is
     compiled without backend optimisation: 5x faster to build, same values."""
-    abstract = nnx.eval_shape(lambda: module_cls(cfg, rngs=nnx.Rngs(seed)))
-    graphdef, _ = nnx.split(abstract)
+    graphdef, _ = nnx.split(abstract_module(module_cls, cfg))
     lowered = jax.jit(lambda: nnx.state(module_cls(cfg, rngs=nnx.Rngs(seed)))).lower()
     opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
     return nnx.merge(graphdef, lowered.compile(compiler_options=opts)())
+
+
+def abstract_module(module_cls, cfg):
+    """The module with ShapeDtypeStruct leaves: shapes without allocating parameters."""
+    return nnx.eval_shape(lambda: module_cls(cfg, rngs=nnx.Rngs(0)))
+
+
+def abstract_params(module_cls, cfg) -> dict:
+    """Pure-dict tree of the module's parameter shapes (the layout checkpoints are stored in)."""
+    return nnx.to_pure_dict(nnx.state(abstract_module(module_cls, cfg), nnx.Param))

@@ -68,11 +68,10 @@ class MultiScaleQuantizer(nnx.Module):
         self.embedding = nnx.Param(torch_trunc_normal(0.02)(rngs.params(), (cfg.vocab_size, cfg.z_channels)))
         self.quant_resi = nnx.List([Phi(cfg.z_channels, cfg.quant_resi, rngs=rngs) for _ in range(cfg.num_phis)])
 
-    def phi(self, si: int, h, num_scales: int | None = None):
+    def phi(self, si: int, h):
         if not len(self.quant_resi):
             return h
-        n = len(self.patch_nums) if num_scales is None else num_scales
-        return self.quant_resi[scales.phi_index(si, n, len(self.quant_resi))](h)
+        return self.quant_resi[scales.phi_index(si, len(self.patch_nums), len(self.quant_resi))](h)
 
     def lookup(self, idx):
         return jnp.take(self.embedding[...], idx, axis=0)
