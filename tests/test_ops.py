@@ -285,8 +285,8 @@ def test_attention_rejects_bad_arguments():
 # =============================================================================================
 def np_top_k_top_p(logits, top_k, top_p):
     """VAR's sample_with_top_k_top_p_ masking, re-implemented in NumPy (float64 softmax/cumsum).
-    Also returns, per row, the smallest distance of a cumulative probability to the 1 - top_p
-    threshold (rows closer than fp32 noise are ambiguous)."""
+    Also returns, per row, the smallest relative distance of a cumulative probability to the
+    1 - top_p threshold (rows closer than fp32 noise are ambiguous)."""
     x = np.array(logits, np.float64)
     if top_k > 0:
         kth = np.sort(x, -1)[..., -top_k][..., None]                # the k largest: amin of topk
@@ -300,7 +300,8 @@ def np_top_k_top_p(logits, top_k, top_p):
         remove_sorted = cum <= 1 - top_p
         remove_sorted[..., -1] = False
         finite = np.isfinite(srt)
-        closeness = np.where(finite, np.abs(cum - (1 - top_p)), np.inf).min(-1)
+        rel = np.abs(cum - (1 - top_p)) / np.maximum(cum, 1e-300)
+        closeness = np.where(finite, rel, np.inf).min(-1)
         remove = np.zeros_like(remove_sorted)
         np.put_along_axis(remove, order, remove_sorted, -1)         # scatter back
         x = np.where(remove, -np.inf, x)

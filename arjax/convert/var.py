@@ -6,6 +6,7 @@ tokenizer ch, ch_mult, res blocks, attention, phi sharing), then every tensor is
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from pathlib import Path
 
@@ -70,7 +71,9 @@ def infer_vqvae_config(sd, patch_nums, quant_resi: float = 0.5) -> VQVAEConfig:
         quant_resi=quant_resi, share_quant_resi=share, patch_nums=tuple(patch_nums))
 
 
-def infer_var_config(sd, patch_nums=None) -> VARConfig:
+def infer_var_config(sd, patch_nums=None, num_heads=None) -> VARConfig:
+    """`num_heads` is read from the per-head scales; only models without L2-normalised attention
+    (none released) leave it unrecorded, and then it must be given or defaults to width / 64."""
     what = "VAR checkpoint"
     emb = _need(sd, "class_emb.weight", what)
     c = emb.shape[1]
@@ -78,7 +81,12 @@ def infer_var_config(sd, patch_nums=None) -> VARConfig:
     if depth == 0:
         raise ValueError(f"{what}: no transformer blocks (`blocks.N.*`) found")
     l2 = "blocks.0.attn.scale_mul_1H11" in sd
-    heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1] if l2 else max(c // 64, 1)
+    heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1] if l2 else (num_heads or max(c // 64, 1))
+    if l2 and num_heads not in (None, heads):
+        raise ValueError(f"{what}: num_heads={num_heads} given but the checkpoint has {heads} heads")
+    if not l2 and num_heads is None:
+        logging.warning("%s has no per-head scales: assuming %d heads (width / 64); pass num_heads "
+                        "to override", what, heads)
     if patch_nums is None:
         if "lvl_1L" in sd:
             patch_nums = scales.infer_patch_nums(lvl_counts=np.bincount(np.asarray(sd["lvl_1L"]).reshape(-1)))
@@ -92,10 +100,11 @@ def infer_var_config(sd, patch_nums=None) -> VARConfig:
         shared_aln="shared_ada_lin.1.weight" in sd, attn_l2_norm=l2)
 
 
-def convert_var(vae_path, var_path, out_dir, *, patch_nums=None, quant_resi: float = 0.5) -> Path:
+def convert_var(vae_path, var_path, out_dir, *, patch_nums=None, quant_resi: float = 0.5,
+                num_heads: int | None = None) -> Path:
     """Read both checkpoints, check every tensor, and write an arjax model directory."""
     var_sd = load_state_dict(var_path)
-    var_cfg = infer_var_config(var_sd, patch_nums)
+    var_cfg = infer_var_config(var_sd, patch_nums, num_heads)
     vae_sd = load_state_dict(vae_path)
     vae_cfg = infer_vqvae_config(vae_sd, var_cfg.patch_nums, quant_resi)
     if (vae_cfg.vocab_size, vae_cfg.z_channels) != (var_cfg.vocab_size, var_cfg.cvae):

@@ -19,13 +19,16 @@ def build_mask(mask: str, scale_lens, q_len: int, k_len: int) -> np.ndarray | No
     """Host-side boolean (q_len, k_len) mask, or None for no mask."""
     if mask == "none":
         return None
-    if mask == "causal":
+    if mask == "causal":  # with a KV cache the queries are the last q_len positions
         return np.tril(np.ones((q_len, k_len), bool), k_len - q_len)
+    if q_len != k_len:  # next-scale KV-cached steps see everything cached: they pass mask="none"
+        raise ValueError(f"mask={mask!r} needs as many queries as keys; got {q_len} and {k_len}")
     if scale_lens is None:
         raise ValueError(f"mask={mask!r} needs scale_lens")
-    full = {"block_causal": scales.block_causal_mask,
+    if sum(scale_lens) != q_len:
+        raise ValueError(f"scale_lens sum to {sum(scale_lens)} tokens but the sequence has {q_len}")
+    return {"block_causal": scales.block_causal_mask,
             "block_diagonal": scales.block_diagonal_mask}[mask](tuple(scale_lens))
-    return full[:q_len, :k_len]
 
 
 def dense_attention(q, k, v, mask=None, *, scale: float | None = None):

@@ -10,7 +10,8 @@ def top_k_top_p_filter(logits, top_k: int = 0, top_p: float = 0.0):
 
     Matches VAR's `sample_with_top_k_top_p_`: a logit survives top-k if it is >= the k-th largest,
     and top-p removes the ascending-sorted prefix whose cumulative probability is <= 1 - top_p,
-    always keeping the largest.
+    always keeping the largest. (Logits tied exactly at the top-p cutoff are all kept, where torch
+    drops some of them in sort order.)
     """
     if top_k > 0:
         kth = jax.lax.top_k(logits, top_k)[0][..., -1:]

@@ -98,7 +98,9 @@ def var_forward(sd, labels, var_input, patch_nums, *, num_heads=None, norm_eps=1
     depth = var_depth(sd)
     l2 = "blocks.0.attn.scale_mul_1H11" in sd
     if num_heads is None:
-        num_heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1]
+        if depth and not l2:
+            raise ValueError("without attn_l2_norm the state dict does not record num_heads: pass it")
+        num_heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1] if l2 else 1
     hd = c // num_heads
     shared = "shared_ada_lin.1.weight" in sd
 
@@ -397,7 +399,7 @@ def fhats_to_var_input(fhats, patch_nums):
 # ------------------------------------------------------------------------------------------------
 # greedy CFG sampling (top_k = 1) built on the teacher-forced forward
 # ------------------------------------------------------------------------------------------------
-def greedy_cfg_sample(var_sd, vae_sd, labels, patch_nums, *, cfg=1.5, quant_resi=0.5):
+def greedy_cfg_sample(var_sd, vae_sd, labels, patch_nums, *, cfg=1.5, quant_resi=0.5, num_heads=None):
     """VAR's autoregressive_infer_cfg with top_k=1. Thanks to the block-causal mask, the logits of
     scale k from a full teacher-forced forward only depend on inputs of scales <= k, so each scale
     is one full forward (no KV cache). Returns tokens (B, L), top-2 guided logits (B, L, 2), the
@@ -415,7 +417,7 @@ def greedy_cfg_sample(var_sd, vae_sd, labels, patch_nums, *, cfg=1.5, quant_resi
     tokens, top2 = [], []
     off = 0
     for si, pn in enumerate(patch_nums):
-        logits = var_forward(var_sd, y, var_in, patch_nums)[:, off:off + pn * pn]
+        logits = var_forward(var_sd, y, var_in, patch_nums, num_heads=num_heads)[:, off:off + pn * pn]
         t = cfg * si / (n - 1)
         g = (1 + t) * logits[:b] - t * logits[b:]
         srt = np.sort(g, -1)
