@@ -42,7 +42,7 @@ class SelfAttention(nnx.Module):
         self.v_bias = nnx.Param(jnp.zeros((dim,)))
         if attn_l2_norm:
             # log of the per-head logit scale, clamped at log(100) before exp.
-            self.scale_mul_1H11 = nnx.Param(jnp.full((1, num_heads, 1, 1), math.log(4.0)))
+            self.scale_mul_1H11 = nnx.Param(jnp.full((1, num_heads, 1, 1), math.log(4.0), jnp.float32))
         self.proj = linear(dim, dim, std, rngs, dtype=dtype)
 
     def qkv(self, x):

@@ -55,3 +55,44 @@ def load_params(directory, abstract_params):
         return ocp.StandardCheckpointer().restore(path, target)
     except ValueError as e:  # orbax reports structure / shape mismatches as ValueError
         raise ValueError(f"checkpoint {path} does not match the model described by {META_FILE}: {e}") from e
+
+
+class RunCheckpointer:
+    """Training checkpoints of one run: the train state and the data iterator, saved together by an
+    orbax CheckpointManager (async, keep-last-N). Orbax writes each step to a temporary directory and
+    renames it when complete, so a kill mid-write leaves the previous checkpoints restorable."""
+
+    def __init__(self, directory, *, max_to_keep: int = 3, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               enable_async_checkpointing=async_save,
+                                               cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_iterator=None) -> None:
+        import grain
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore(self, abstract_state, data_iterator=None, step: int | None = None):
+        """Restore `step` (default: latest) onto `abstract_state`; the iterator is restored in place."""
+        import grain
+        step = self.latest_step() if step is None else step
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+            abstract_state)
+        items = {"state": ocp.args.StandardRestore(target)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

@@ -88,16 +88,19 @@ class MultiScaleQuantizer(nnx.Module):
         full = self.patch_nums[-1]
         return self.phi(si, resize_bicubic(h, full))
 
-    def quantize(self, f):
-        """f: (B, H, W, C) -> (list of per-scale (B, pn*pn) indices, f_hat)."""
-        b, _, _, c = f.shape
-        f_rest, f_hat, idx_list = f, jnp.zeros_like(f), []
+    def quantize(self, f, *, cumulative: bool = False):
+        """f: (B, H, W, C) -> (list of per-scale (B, pn*pn) indices, f_hat); with cumulative=True the
+        list of f_hat after each scale instead of the last (the training losses use every one).
+        Gradients reach the codebook and phi convs through f_hat, never f through the argmin."""
+        b = f.shape[0]
+        f_rest, f_hat, idx_list, fhats = jax.lax.stop_gradient(f), jnp.zeros_like(f), [], []
         for si, pn in enumerate(self.patch_nums):
             idx = self.nearest(resize_area(f_rest, pn))
             h = self.upsample_to_full(si, self.lookup(idx))
-            f_hat, f_rest = f_hat + h, f_rest - h
+            f_hat, f_rest = f_hat + h, f_rest - jax.lax.stop_gradient(h)
             idx_list.append(idx.reshape(b, pn * pn))
-        return idx_list, f_hat
+            fhats.append(f_hat)
+        return idx_list, (fhats if cumulative else f_hat)
 
     def split_scales(self, idx):
         """(B, L) -> list of (B, pn, pn) index maps."""

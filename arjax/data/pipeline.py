@@ -1,0 +1,108 @@
+"""make_dataset: any source -> a checkpointable grain IterDataset of batches.
+
+    shard by process -> shuffle (reshuffled every epoch) -> repeat -> read + decode + augment
+    -> drop unreadable -> batch -> uint8 to float32 [-1, 1]
+
+Everything up to the batch is a grain MapDataset, so an element is a pure function of its position
+in the stream; the iterator's state is therefore just a position (`it.get_state()`), and a restored
+iterator yields exactly the batches the interrupted one would have. Per-example augmentation draws
+from np.random.default_rng([seed, epoch, source_index]): the same image gets a fresh crop and flip
+each epoch, independent of sharding, threads, and where a run was resumed.
+
+Images stay uint8 until after batching so that the prefetch buffer holds 4x less memory.
+For more decode throughput than threads give, append `.mp_prefetch(grain.MultiprocessingOptions(...))`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import grain
+import numpy as np
+
+from arjax.data.decode import decode_image
+from arjax.data.transforms import fit_transform, to_pm1, var_eval_transform, var_train_transform
+
+
+def process_shard(num_examples: int, process_index: int, process_count: int) -> grain.MapDataset:
+    """Source indices of this process: every process_count-th one, starting at process_index.
+
+    Slices are disjoint and together cover the data; their lengths differ by at most one, which an
+    endless training stream (num_epochs=None) never notices.
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, {process_count}); got {process_index}")
+    shard = grain.MapDataset.range(num_examples)[process_index::process_count]
+    if len(shard) == 0:
+        raise ValueError(f"process {process_index} of {process_count} gets no examples: the source has "
+                         f"only {num_examples}")
+    return shard
+
+
+def _holds_tokens(source) -> bool:
+    return "tokens" in source[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoadExample:
+    """(stream position, source index) -> an example dict, or None when the image is unreadable."""
+    source: object
+    image_size: int | None
+    seed: int
+    train: bool
+    augment: bool
+    examples_per_epoch: int
+
+    def __call__(self, position: int, index: int) -> dict | None:
+        record = self.source[index]
+        label = np.int32(record["label"])
+        if "tokens" in record:
+            return {"tokens": np.asarray(record["tokens"], np.int32), "label": label}
+        image = decode_image(record)
+        if image is None:
+            return None
+        if not self.augment:
+            image = fit_transform(image, self.image_size)
+        elif self.train:
+            epoch = position // self.examples_per_epoch
+            rng = np.random.default_rng([self.seed, epoch, index])
+            image = var_train_transform(image, self.image_size, rng)
+        else:
+            image = var_eval_transform(image, self.image_size)
+        return {"image": image, "label": label}
+
+
+def _images_to_pm1(batch: dict) -> dict:
+    return {**batch, "image": to_pm1(batch["image"])}
+
+
+def make_dataset(source, *, image_size: int | None = None, batch_size: int, seed: int, train: bool = True,
+                 process_index: int = 0, process_count: int = 1, num_epochs: int | None = None,
+                 augment: bool = True, read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+    """Batches {"image": float32 (B, S, S, 3) in [-1, 1], "label": int32 (B,)} from an image source,
+    or {"tokens": int32 (B, L), "label": int32 (B,)} from a TokenCache.
+
+    train: shuffle each epoch, VAR augmentation (if `augment`), drop the last partial batch.
+      Otherwise: source order, resize + centre crop, keep the last partial batch.
+    num_epochs: None means endless for training and one pass for evaluation.
+    augment=False: no crop/flip; images already S x S pass untouched (the synthetic source).
+    process_index / process_count: pass jax.process_index() / jax.process_count().
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0; got {seed}")
+    if len(source) == 0:
+        raise ValueError(f"data source {source!r} is empty")
+    tokens = _holds_tokens(source)
+    if not tokens and (image_size is None or image_size < 1):
+        raise ValueError(f"image sources need a positive image_size; got {image_size}")
+
+    ds = process_shard(len(source), process_index, process_count)
+    examples_per_epoch = len(ds)
+    if train:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs if num_epochs is not None or train else 1)  # reseeds the shuffle per epoch
+    ds = ds.map_with_index(_LoadExample(source, image_size, seed, train, augment, examples_per_epoch))
+    ds = ds.to_iter_dataset(read_options or grain.ReadOptions())  # drops the Nones of unreadable images
+    ds = ds.batch(batch_size, drop_remainder=train)
+    return ds if tokens else ds.map(_images_to_pm1)

@@ -1,0 +1,96 @@
+"""Pre-tokenized datasets: encode the images once with the tokenizer, then train the AR model on tokens.
+
+On disk, a cache is a directory:
+  metadata.json                       {"format", "seq_len", "count", "vocab", "token_dtype", "shards"}
+  tokens-00000-of-0000N.array_record  one record per example
+
+Record layout (fixed, little-endian, no framing): label as int32 (4 bytes), then seq_len tokens as
+`token_dtype` ("<u2" when every token fits in 16 bits, else "<i4"). A fixed layout decodes with one
+np.frombuffer, needs no pickle, and any language can read it. Shards are written with group_size:1
+so that a random read decompresses one record only.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import grain
+import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
+
+FORMAT = "arjax.token_cache.v1"
+METADATA = "metadata.json"
+_LABEL_BYTES = 4
+
+
+def _token_dtype(max_token: int) -> np.dtype:
+    return np.dtype("<u2") if max_token < 2 ** 16 else np.dtype("<i4")
+
+
+def write_token_cache(path: str | os.PathLike, tokens: np.ndarray, labels: np.ndarray, *,
+                      vocab: int | None = None, shard_size: int = 100_000) -> Path:
+    """Write tokens (N, L) ints in [0, vocab) and labels (N,) as an ArrayRecord token cache at `path`."""
+    tokens, labels = np.asarray(tokens), np.asarray(labels)
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be an integer array (N, L); got {tokens.dtype} {tokens.shape}")
+    if labels.shape != (tokens.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers of shape ({tokens.shape[0]},); got {labels.dtype} {labels.shape}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1; got {shard_size}")
+    if tokens.size and tokens.min() < 0:
+        raise ValueError(f"tokens must be >= 0; got min {tokens.min()}")
+    max_token = int(tokens.max()) if tokens.size else 0
+    if vocab is not None and max_token >= vocab:
+        raise ValueError(f"tokens must be < vocab={vocab}; got max {max_token}")
+    dtype = _token_dtype(vocab - 1 if vocab is not None else max_token)
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    count = tokens.shape[0]
+    num_shards = max(1, -(-count // shard_size))
+    shards = []
+    for k in range(num_shards):
+        name = f"tokens-{k:05d}-of-{num_shards:05d}.array_record"
+        writer = ArrayRecordWriter(str(path / name), "group_size:1")
+        for i in range(k * shard_size, min(count, (k + 1) * shard_size)):
+            writer.write(np.int32(labels[i]).astype("<i4").tobytes() + tokens[i].astype(dtype).tobytes())
+        writer.close()
+        shards.append(name)
+    metadata = {"format": FORMAT, "seq_len": int(tokens.shape[1]), "count": int(count),
+                "vocab": None if vocab is None else int(vocab), "token_dtype": dtype.str, "shards": shards}
+    (path / METADATA).write_text(json.dumps(metadata, indent=1))  # last: a cache without it is incomplete
+    return path
+
+
+class TokenCache:
+    """grain RandomAccessDataSource over a token cache: record i is {"tokens": int32 (L,), "label": int32}."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        meta_file = self.path / METADATA
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{meta_file} not found: {self.path} is not a complete token cache "
+                                    "(write one with arjax.data.token_cache.write_token_cache)")
+        self.metadata = json.loads(meta_file.read_text())
+        if self.metadata.get("format") != FORMAT:
+            raise ValueError(f"{meta_file} has format {self.metadata.get('format')!r}; expected {FORMAT!r}")
+        self.seq_len = self.metadata["seq_len"]
+        self.vocab = self.metadata["vocab"]
+        self._token_dtype = np.dtype(self.metadata["token_dtype"])
+        self._records = grain.sources.ArrayRecordDataSource([str(self.path / s) for s in self.metadata["shards"]])
+        if len(self._records) != self.metadata["count"]:
+            raise ValueError(f"token cache {self.path} holds {len(self._records)} records; "
+                             f"metadata.json says {self.metadata['count']}")
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __repr__(self) -> str:
+        return f"TokenCache({str(self.path)!r}: {len(self)} x {self.seq_len} tokens, vocab {self.vocab})"
+
+    def __getitem__(self, index: int) -> dict:
+        raw = self._records[index]
+        label = np.frombuffer(raw, "<i4", count=1)[0]
+        tokens = np.frombuffer(raw, self._token_dtype, offset=_LABEL_BYTES)
+        return {"tokens": tokens.astype(np.int32), "label": np.int32(label)}

@@ -1,0 +1,36 @@
+"""Losses of the tokenizer and the AR transformer, and the reference's training metrics."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def token_cross_entropy(logits, targets, label_smoothing: float = 0.0):
+    """Per-token CE (..., V) x (...) -> (...), float32; smoothing as torch's `label_smoothing`:
+    target distribution (1 - ls) one-hot + ls / V uniform."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    if label_smoothing:
+        return (1 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
+    return nll
+
+
+def var_metrics(logits, targets, last_len: int) -> dict:
+    """The reference's logged metrics: mean and last-scale CE (no smoothing) and accuracy (%)."""
+    ce = token_cross_entropy(logits, targets)
+    hit = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * 100
+    return {"loss_mean": ce.mean(), "loss_tail": ce[:, -last_len:].mean(),
+            "acc_mean": hit.mean(), "acc_tail": hit[:, -last_len:].mean()}
+
+
+def vq_losses(f, f_hat, beta: float):
+    """VQ-VAE losses on the accumulated f_hat: commitment (moves the encoder towards the codes) and
+    codebook (moves codes and phi convs towards the encoder output)."""
+    commit = jnp.mean(jnp.square(jax.lax.stop_gradient(f_hat) - f))
+    codebook = jnp.mean(jnp.square(f_hat - jax.lax.stop_gradient(f)))
+    return beta * commit, codebook
+
+
+def straight_through(f, f_hat):
+    """Forward value f_hat, gradient of the identity w.r.t. f."""
+    return f + jax.lax.stop_gradient(f_hat - f)

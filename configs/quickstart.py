@@ -1,0 +1,56 @@
+"""The CPU quickstart on the built-in synthetic dataset (10 shape x colour classes, 64 px):
+a small multi-scale tokenizer, then a small VAR on its tokens.
+
+    arjax train --config configs/quickstart.py:tokenizer --workdir runs/quickstart/tokenizer
+    arjax train --config configs/quickstart.py:var --workdir runs/quickstart/var \
+        --set tokenizer_dir=runs/quickstart/tokenizer/model
+
+`arjax quickstart` runs both and then samples and evaluates. Override any key with --set key=value.
+"""
+import ml_collections
+
+
+def common(task: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = task
+    c.seed = 0
+    c.batch_size = 32
+    c.steps = 1000
+    c.log_every = 10
+    c.sample_every = 250
+    c.ema_decay = 0.0
+    c.show_metrics = ("loss",)
+    c.data = ml_collections.ConfigDict(dict(
+        name="synthetic", augment=False,
+        kwargs=ml_collections.ConfigDict(dict(num_examples=50_000, image_size=64, seed=0))))
+    c.optim = ml_collections.ConfigDict(dict(
+        base_lr=8e-3, warmup_steps=50, wp0=0.005, wpe=0.01, weight_decay=0.05, b1=0.9, b2=0.95, grad_clip=2.0))
+    c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=2))
+    c.sample = ml_collections.ConfigDict(dict(cfg=1.5, top_k=900, top_p=0.96, preview_classes=10,
+                                              preview_per_class=4))
+    return c
+
+
+def get_config(arg: str = "var") -> ml_collections.ConfigDict:
+    if arg == "tokenizer":
+        c = common("tokenizer")
+        c.steps = 600
+        c.show_metrics = ("loss", "psnr", "usage")
+        c.tokenizer = ml_collections.ConfigDict(dict(
+            vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, using_sa=False,
+            using_mid_sa=True, quant_conv_ks=3, quant_resi=0.5, share_quant_resi=4, patch_nums=(1, 2, 3, 4, 6, 8)))
+        c.loss = ml_collections.ConfigDict(dict(
+            beta=0.25, l1=1.0, l2=1.0, use_decay=0.99, dead_threshold=0.03, reset_every=50))
+        return c
+    if arg == "var":
+        c = common("var")
+        c.steps = 1500
+        c.show_metrics = ("loss", "acc_mean")
+        c.tokenizer_dir = "runs/quickstart/tokenizer/model"
+        c.model = ml_collections.ConfigDict(dict(
+            depth=4, embed_dim=256, num_heads=4, mlp_ratio=4.0, num_classes=10, norm_eps=1e-6, shared_aln=False,
+            attn_l2_norm=True, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, attn_impl="auto",
+            dtype="float32"))
+        c.loss = ml_collections.ConfigDict(dict(class_dropout=0.1, label_smoothing=0.0))
+        return c
+    raise ValueError(f"unknown quickstart stage {arg!r}: use tokenizer or var")
