@@ -65,23 +65,70 @@ def sample_grid(checkpoint, classes, per_class, out, *, cfg, top_k, top_p, seed,
     return path
 
 
+def cmd_train(args) -> dict:
+    from arjax.config import load_config
+    from arjax.train.trainer import train
+    cfg = load_config(args.config, args.set)
+    summary = train(cfg, args.workdir)
+    _print_summary(summary)
+    return summary
+
+
+def _print_summary(summary: dict) -> None:
+    state = "finished" if summary["finished"] else "stopped early (rerun the same command to resume)"
+    print(f"\n{summary['task']}: {state} at step {summary['steps']} in {summary['seconds']:.0f}s")
+    for k, v in sorted(summary["metrics"].items()):
+        print(f"  {k:>12s} {v:.4g}")
+    for k in ("preview", "model_dir"):
+        if k in summary:
+            print(f"  {k:>12s} {summary[k]}")
+
+
 def cmd_sample(args) -> None:
     sample_grid(args.checkpoint, args.classes, args.per_class, args.out, cfg=args.cfg, top_k=args.top_k,
                 top_p=args.top_p, seed=args.seed, more_smooth=args.more_smooth, batch_size=args.batch_size)
 
 
+def _train_stage(config: str, workdir: Path, overrides=()) -> dict:
+    """Train one stage unless its workdir already holds the finished, exported model."""
+    import json
+    summary_file = workdir / "summary.json"
+    if summary_file.exists() and (workdir / "model" / "arjax.json").exists():
+        summary = json.loads(summary_file.read_text())
+        if summary.get("finished"):
+            print(f"{workdir}: already trained, reusing")
+            return summary
+    return cmd_train(argparse.Namespace(config=config, workdir=str(workdir), set=list(overrides)))
+
+
 def cmd_quickstart(args) -> None:
-    """The main job. Until training lands, it initialises a tiny VAR and samples from it: the grid
-    shows untrained noise, which proves the whole path (init, checkpoint, load, sample, PNG) works."""
-    out = Path(args.out)
-    model_dir = out / "model"
-    print("== arjax quickstart: tiny VAR, CPU-sized ==")
-    if not (model_dir / "arjax.json").exists():
-        cmd_init(argparse.Namespace(config=args.config, set=[], seed=0, out=model_dir))
-    else:
-        print(f"reusing {model_dir}")
-    print("NOTE: this model is freshly initialised, not trained; its samples are noise.")
-    sample_grid(model_dir, list(range(4)), 4, out / "samples.png", cfg=1.5, top_k=900, top_p=0.96, seed=0)
+    """The main job: train a small tokenizer and a small VAR on the built-in dataset on CPU, sample a
+    class-labelled grid, and score it with the built-in classifier. Rerunning resumes."""
+    import json
+    t0 = time.time()
+    out = Path(args.out).absolute()
+    print("== arjax quickstart: built-in dataset (10 shape x colour classes), CPU-sized ==")
+    print("[1/4] tokenizer")
+    _train_stage(f"{args.config}:tokenizer", out / "tokenizer", args.set_tokenizer)
+    print("[2/4] VAR")
+    var_sets = [f"tokenizer_dir={out / 'tokenizer' / 'model'}", *args.set_var]
+    var = _train_stage(f"{args.config}:var", out / "var", var_sets)
+    print("[3/4] samples")
+    model_dir = var["model_dir"]
+    import arjax
+    pipe = arjax.load(model_dir)
+    grid = sample_grid(pipe, list(range(pipe.cfg.num_classes)), 8, out / "samples.png", cfg=1.5, top_k=900,
+                       top_p=0.96, seed=0, batch_size=80)
+    print("[4/4] evaluation")
+    from arjax.eval.run import evaluate_pipeline, format_report
+    report = evaluate_pipeline(pipe, per_class=args.eval_per_class, seed=1, cfg=1.5, top_k=900, top_p=0.96,
+                               classifier_dir=out / "classifier")
+    print(format_report(report))
+    (out / "eval.json").write_text(json.dumps(report, indent=1, default=str))
+    print(f"\nquickstart done in {time.time() - t0:.0f}s")
+    print(f"  samples grid   {grid}")
+    print(f"  model          {model_dir}  (arjax.load it, or `arjax sample --checkpoint ...`)")
+    print(f"  tensorboard    tensorboard --logdir {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,17 +166,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="samples.png")
     s.set_defaults(fn=cmd_sample)
 
+    t = sub.add_parser("train", help="train (or resume) a tokenizer or a VAR from a config")
+    t.add_argument("--config", required=True, help="e.g. configs/quickstart.py:tokenizer")
+    t.add_argument("--workdir", required=True, help="run directory; an existing one is resumed")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    t.set_defaults(fn=cmd_train)
+
     q = sub.add_parser("quickstart", help="the main job on CPU (see README)")
     q.add_argument("--out", default="quickstart")
-    q.add_argument("--config", default="configs/var.py:tiny")
+    q.add_argument("--config", default="configs/quickstart.py", help="file with tokenizer and var stages")
+    q.add_argument("--eval-per-class", type=int, default=50)
+    q.add_argument("--set-tokenizer", action="append", default=[], metavar="KEY=VALUE")
+    q.add_argument("--set-var", action="append", default=[], metavar="KEY=VALUE")
     q.set_defaults(fn=cmd_quickstart)
     return p
 
 
 def main(argv=None) -> int:
+    from arjax.train.losses import NonFiniteLoss
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
+    except NonFiniteLoss as e:
+        print(f"arjax {args.command}: stopped: {e}", file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as e:
         print(f"arjax {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ def common(task: str) -> ml_collections.ConfigDict:
     c.show_metrics = ("loss",)
     c.data = ml_collections.ConfigDict(dict(
         name="synthetic", augment=False,
-        kwargs=ml_collections.ConfigDict(dict(num_examples=50_000, image_size=64, seed=0))))
+        kwargs=ml_collections.ConfigDict(dict(num_examples=50_000, seed=0))))  # images at the model's size
     c.optim = ml_collections.ConfigDict(dict(
         base_lr=8e-3, warmup_steps=50, wp0=0.005, wpe=0.01, weight_decay=0.05, b1=0.9, b2=0.95, grad_clip=2.0))
     c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=2))

@@ -5,6 +5,10 @@ import jax
 import jax.numpy as jnp
 
 
+class NonFiniteLoss(RuntimeError):
+    """A training step produced a NaN/inf loss or gradient."""
+
+
 def token_cross_entropy(logits, targets, label_smoothing: float = 0.0):
     """Per-token CE (..., V) x (...) -> (...), float32; smoothing as torch's `label_smoothing`:
     target distribution (1 - ls) one-hot + ls / V uniform."""

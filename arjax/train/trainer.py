@@ -19,14 +19,11 @@ import optax
 
 from arjax.data import make_dataset, make_source
 from arjax.train import checkpoint
+from arjax.train.losses import NonFiniteLoss
 from arjax.train.optim import make_optimizer, peak_lr, var_schedule
 from arjax.train.tasks import TASKS
 
 log = logging.getLogger("arjax.train")
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 def _ema(ema, params, decay):
@@ -83,7 +80,10 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
     task = TASKS[cfg.task](cfg)
 
     # ---- input ---------------------------------------------------------------------------------
-    source = make_source(cfg.data.name, **cfg.data.kwargs.to_dict())
+    source_kwargs = cfg.data.kwargs.to_dict()
+    if cfg.data.name == "synthetic":  # generate at the model's resolution unless told otherwise
+        source_kwargs.setdefault("image_size", task.image_size)
+    source = make_source(cfg.data.name, **source_kwargs)
     class_names = list(getattr(source, "class_names", None) or []) or None
     dataset = make_dataset(source, image_size=task.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
                            train=True, augment=cfg.data.augment)
@@ -136,7 +136,7 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
     # ---- loop ----------------------------------------------------------------------------------
     start = int(state["step"])
     preempt = _Preempted()
-    metrics, last_preview, t_loop = {}, None, time.time()
+    metrics, history, last_preview, t_loop = {}, [], None, time.time()
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.task}", unit="step", disable=not progress)
     try:
         step = start
@@ -152,6 +152,7 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
             if step % cfg.log_every == 0 or step == cfg.steps:
                 metrics = {k: float(v) for k, v in m.items() if k != "finite"}
                 metrics["lr"] = float(schedule(step - 1))
+                history.append({"step": step, **metrics})
                 for k, v in metrics.items():
                     writer.add_scalar(f"train/{k}", v, step)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in cfg.show_metrics})
@@ -173,7 +174,7 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
     finished = int(state["step"]) >= cfg.steps
     summary = {"task": cfg.task, "workdir": str(workdir), "steps": int(state["step"]), "finished": finished,
                "seconds": round(time.time() - t_start, 1), "seconds_in_loop": round(time.time() - t_loop, 1),
-               "metrics": metrics}
+               "metrics": metrics, "history": history}
     if finished:
         params = state["ema"] or state["params"]
         summary["preview"] = str(write_preview(params, batch if start < cfg.steps else next(data_iter), cfg.steps))

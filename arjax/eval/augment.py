@@ -1,0 +1,56 @@
+"""Training augmentation for the evaluation classifier, in JAX so that it runs inside the jitted step.
+
+Generated samples differ from the data in small ways: slightly blurred or noisy, a little shifted or
+zoomed (VAR's crop augmentation), colours a few percent off. The classifier must see through those
+and still name the class, so it trains on images perturbed in the same ways, each kept small enough
+that no class turns into another (the closest two class colours, yellow and orange, are 100 RGB
+levels apart; the colour jitter moves a channel by at most ~20).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+MAX_ZOOM = 1.15       # random crop of 1/1.15 of the side, resized back (VAR's resize-1.125-then-crop)
+MAX_BLUR_SIGMA = 1.2  # pixels
+MAX_NOISE = 0.08      # std of additive gaussian noise, in [-1, 1] units
+MAX_GAIN = 0.06       # per-channel gain 1 +- this
+MAX_SHIFT = 0.06      # per-channel offset, in [-1, 1] units
+
+
+def _zoom_flip(key, image):
+    s = image.shape[0]
+    k_zoom, k_pos, k_flip = jax.random.split(key, 3)
+    zoom = jax.random.uniform(k_zoom, (), minval=1.0, maxval=MAX_ZOOM)
+    offset = jax.random.uniform(k_pos, (2,)) * (1.0 - zoom) * s  # keeps the crop inside the image
+    out = jax.image.scale_and_translate(image, (s, s, 3), (0, 1), jnp.stack([zoom, zoom]), offset,
+                                        method="linear", antialias=False)
+    return jnp.where(jax.random.bernoulli(k_flip), out[:, ::-1], out)
+
+
+def _gaussian_blur(image, sigma):
+    taps = jnp.arange(-2, 3, dtype=jnp.float32)
+    w = jnp.exp(-0.5 * (taps / jnp.maximum(sigma, 1e-3)) ** 2)
+    w = w / w.sum()
+    pad = jnp.pad(image, ((2, 2), (2, 2), (0, 0)), mode="edge")
+    s = image.shape[0]
+    rows = sum(w[i] * pad[i:i + s] for i in range(5))          # (S, S + 4, 3)
+    return sum(w[i] * rows[:, i:i + s] for i in range(5))
+
+
+def _augment_one(key, image):
+    k_geo, k_blur, k_gain, k_shift, k_noise, k_std = jax.random.split(key, 6)
+    x = _zoom_flip(k_geo, image)
+    sigma = jax.random.uniform(k_blur, (), minval=-0.5, maxval=MAX_BLUR_SIGMA)  # no blur 30% of the time
+    x = jnp.where(sigma > 0.1, _gaussian_blur(x, sigma), x)
+    gain = 1.0 + jax.random.uniform(k_gain, (3,), minval=-MAX_GAIN, maxval=MAX_GAIN)
+    shift = jax.random.uniform(k_shift, (3,), minval=-MAX_SHIFT, maxval=MAX_SHIFT)
+    x = (x + 1.0) * gain - 1.0 + shift
+    noise_std = jax.random.uniform(k_std, (), maxval=MAX_NOISE)
+    x = x + noise_std * jax.random.normal(k_noise, x.shape)
+    return jnp.clip(x, -1.0, 1.0)
+
+
+def augment(key, images):
+    """(B, S, S, 3) float in [-1, 1] -> the same, each image perturbed by its own draws."""
+    return jax.vmap(_augment_one)(jax.random.split(key, images.shape[0]), images)
