@@ -165,19 +165,25 @@ def build(meta: dict, seed: int = 0, precision: str = "highest") -> Pipeline:
                     create(model_cls, model_cfg_cls(**meta["model"]), seed + 1), meta, precision)
 
 
+def load_tokenizer(directory, precision: str = "highest") -> Tokenizer:
+    """Load only the tokenizer of a model directory (a trained tokenizer's or a full model's)."""
+    meta = checkpoint.read_meta(directory)
+    cfg = VQVAEConfig(**meta["tokenizer"])
+    tok = abstract_module(MultiScaleVQVAE, cfg)
+    _restore(directory, {"tokenizer": tok})
+    return Tokenizer(tok, precision)
+
+
 def load(directory, precision: str = "highest") -> Pipeline:
     """Load a converted or trained model directory."""
     meta = checkpoint.read_meta(directory)
+    if meta.get("family") == "msvq":
+        raise ValueError(f"{directory} holds a tokenizer only; use arjax.load_tokenizer, or train a "
+                         f"generator on it (configs/quickstart.py:var)")
     tok_cls, tok_cfg_cls, model_cls, model_cfg_cls = _family(meta)
     tok_cfg, model_cfg = tok_cfg_cls(**meta["tokenizer"]), model_cfg_cls(**meta["model"])
     tok, model = abstract_module(tok_cls, tok_cfg), abstract_module(model_cls, model_cfg)
-    abstract = {"tokenizer": nnx.to_pure_dict(nnx.state(tok, nnx.Param)),
-                "model": nnx.to_pure_dict(nnx.state(model, nnx.Param))}
-    params = checkpoint.load_params(directory, abstract)
-    for module, tree in ((tok, params["tokenizer"]), (model, params["model"])):
-        state = nnx.state(module, nnx.Param)
-        nnx.replace_by_pure_dict(state, tree)
-        nnx.update(module, state)
+    _restore(directory, {"tokenizer": tok, "model": model})
     return Pipeline(tok, model, meta, precision)
 
 
@@ -188,6 +194,16 @@ def save(pipe: Pipeline, directory, **extra_meta) -> Path:
     params = {"tokenizer": nnx.to_pure_dict(nnx.state(pipe.tokenizer.module, nnx.Param)),
               "model": nnx.to_pure_dict(nnx.state(nnx.merge(pipe.graphdef, pipe.state), nnx.Param))}
     return checkpoint.save_model(directory, meta, params)
+
+
+def _restore(directory, modules: dict) -> None:
+    """Fill abstract modules in place with the parameters stored under the same keys."""
+    abstract = {k: nnx.to_pure_dict(nnx.state(m, nnx.Param)) for k, m in modules.items()}
+    params = checkpoint.load_params(directory, abstract)
+    for k, m in modules.items():
+        state = nnx.state(m, nnx.Param)
+        nnx.replace_by_pure_dict(state, params[k])
+        nnx.update(m, state)
 
 
 def _family(meta: dict):
