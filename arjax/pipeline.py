@@ -34,8 +34,11 @@ def _check_images(images, size: int) -> np.ndarray:
         raise ValueError(f"this tokenizer takes {size}x{size} images; got {x.shape[1]}x{x.shape[2]}")
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"images must be float in [-1, 1]; got dtype {x.dtype} (use x / 127.5 - 1 for uint8)")
+    bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise ValueError(f"images contain {bad} non-finite values (NaN/inf)")
     lo, hi = float(x.min()), float(x.max())
-    if not np.isfinite([lo, hi]).all() or lo < -1.001 or hi > 1.001:
+    if lo < -1.001 or hi > 1.001:
         raise ValueError(f"images must lie in [-1, 1]; got values in [{lo:.4g}, {hi:.4g}]")
     return x.astype(np.float32)
 
@@ -139,8 +142,9 @@ class Pipeline:
         `batch_size` nor on how a large request is split across calls (pass each call's offset).
         """
         y = _check_labels(labels, self.cfg.num_classes)
-        if not 0 <= top_k <= self.cfg.vocab_size:
-            raise ValueError(f"top_k must lie in [0, {self.cfg.vocab_size}]; got {top_k}")
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = no top-k filter); got {top_k}")
+        top_k = min(top_k, self.cfg.vocab_size)  # the FID default 900 also serves small vocabularies
         if not 0.0 <= top_p <= 1.0:
             raise ValueError(f"top_p must lie in [0, 1]; got {top_p}")
         base = jax.random.key(seed)
@@ -177,6 +181,8 @@ def load_tokenizer(directory, precision: str = "highest") -> Tokenizer:
 def load(directory, precision: str = "highest") -> Pipeline:
     """Load a converted or trained model directory."""
     meta = checkpoint.read_meta(directory)
+    if not (Path(directory) / checkpoint.PARAMS_DIR).is_dir():
+        raise FileNotFoundError(f"{Path(directory) / checkpoint.PARAMS_DIR} is missing: the model directory is incomplete")
     if meta.get("family") == "msvq":
         raise ValueError(f"{directory} holds a tokenizer only; use arjax.load_tokenizer, or train a "
                          f"generator on it (configs/quickstart.py:var)")

@@ -89,7 +89,8 @@ def make_meta(args) -> dict:
 def device_desc() -> str:
     d = jax.devices()[0]
     if d.platform == "cpu":
-        return f"CPU ({platform.processor() or platform.machine()}), {os.cpu_count()} cores"
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return f"CPU, {cores} cores"
     return f"{d.device_kind} x{jax.device_count()}"
 
 
@@ -208,8 +209,7 @@ def bench_sample(pipe: arjax.Pipeline, args, rng: np.random.Generator) -> dict:
     if images.shape[0] != args.batch or not np.isfinite(images).all():
         raise RuntimeError(f"bad sampler output: shape {images.shape}")
     return {"phase": "sample cfg1.5 k900 p0.96", "compile_s": compile_s, "times": times,
-            "mem": peak_memory_text(compiled) if compiled is not None else
-            f"{fmt_bytes(device_peak_bytes() or max_rss_bytes())}",
+            "mem": peak_memory_text(compiled),
             "note": f"first call {first_s:.1f}s incl. tokenizer decode"}
 
 
@@ -229,7 +229,8 @@ def main(argv=None):
     n_tok = param_count(nnx.state(pipe.tokenizer.module, nnx.Param))
     config = (f"VAR-d{cfg.depth} (C={cfg.embed_dim}, H={cfg.num_heads}, {n_var / 1e6:.1f}M) "
               f"{args.dtype}, tok ch{args.tokenizer_ch} ({n_tok / 1e6:.1f}M), {args.image_size}px L={cfg.seq_len}")
-    print(f"# device: {device_desc()}  jax {jax.__version__}  backend {jax.default_backend()}", flush=True)
+    print(f"# device: {device_desc()} ({platform.machine()})  jax {jax.__version__}  backend {jax.default_backend()}",
+          flush=True)
     print(f"# config: {config}; matmul precision {args.precision}; built in {build_s:.1f}s", flush=True)
 
     rows = []

@@ -48,7 +48,7 @@ def _nan_image():
     (np.full((1, 256, 256, 3), 0.5, np.float32) * np.r_[1, 1, -3].astype(np.float32), ("[-1, 1]", "-1.5")),
     (np.zeros((1, 256, 256, 3), np.uint8), ("float", "uint8", "127.5")),
     (np.zeros((1, 256, 256, 3), np.int32), ("float", "int32")),
-    (_nan_image(), ("[-1, 1]", "nan")),
+    (_nan_image(), ("non-finite", "nan")),
 ], ids=["rank3", "rank5", "nchw", "4ch", "size", "non_square", "above1", "below-1", "uint8", "int32", "nan"])
 def test_bad_images(var_tiny_pipe, images, words):
     with _raises(ValueError, *words):
@@ -58,7 +58,7 @@ def test_bad_images(var_tiny_pipe, images, words):
 def test_images_inf(var_tiny_pipe):
     x = GOOD.copy()
     x[0, 0, 0, 0] = np.inf
-    with _raises(ValueError, "[-1, 1]", "inf"):
+    with _raises(ValueError, "1 non-finite", "inf"):
         var_tiny_pipe.tokenizer.encode(x)
 
 
@@ -102,11 +102,10 @@ def test_label_count_mismatch(var_tiny_pipe, var_cases):
 
 
 @pytest.mark.parametrize("kw, words", [
-    ({"top_k": -1}, ("top_k", f"[0, {V}]", "-1")),
-    ({"top_k": V + 1}, ("top_k", f"[0, {V}]", str(V + 1))),
+    ({"top_k": -1}, ("top_k", ">= 0", "-1")),
     ({"top_p": 1.5}, ("top_p", "[0, 1]", "1.5")),
     ({"top_p": -0.1}, ("top_p", "[0, 1]", "-0.1")),
-], ids=["top_k_neg", "top_k_big", "top_p_big", "top_p_neg"])
+], ids=["top_k_neg", "top_p_big", "top_p_neg"])
 def test_bad_sampling_args(var_tiny_pipe, kw, words):
     with _raises(ValueError, *words):
         var_tiny_pipe.sample([1, 2], **kw)
@@ -164,7 +163,7 @@ def _convert(tmp_path, sds, files, *, vae=None, var=None):
 
 
 def test_convert_swapped_files(var_tiny_files, tmp_path):
-    with _raises(ValueError, "VAR checkpoint", "class_emb.weight", "right checkpoint"):
+    with _raises(ValueError, "swapped", "--vae"):
         convert_var(var_tiny_files / "var.safetensors", var_tiny_files / "vae.safetensors", tmp_path / "out")
     assert not (tmp_path / "out" / "arjax.json").exists()
 

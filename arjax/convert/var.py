@@ -103,9 +103,13 @@ def infer_var_config(sd, patch_nums=None, num_heads=None) -> VARConfig:
 def convert_var(vae_path, var_path, out_dir, *, patch_nums=None, quant_resi: float = 0.5,
                 num_heads: int | None = None) -> Path:
     """Read both checkpoints, check every tensor, and write an arjax model directory."""
-    var_sd = load_state_dict(var_path)
+    if (Path(out_dir) / "params").exists():
+        raise FileExistsError(f"{Path(out_dir) / 'params'} already exists; choose an empty output directory")
+    var_sd, vae_sd = load_state_dict(var_path), load_state_dict(vae_path)
+    if "encoder.conv_in.weight" in var_sd or "class_emb.weight" in vae_sd:
+        raise ValueError(f"{var_path} holds a tokenizer (VQVAE) or {vae_path} a transformer: the two files look "
+                         f"swapped (--vae takes the VQVAE, --var the VAR transformer)")
     var_cfg = infer_var_config(var_sd, patch_nums, num_heads)
-    vae_sd = load_state_dict(vae_path)
     vae_cfg = infer_vqvae_config(vae_sd, var_cfg.patch_nums, quant_resi)
     if (vae_cfg.vocab_size, vae_cfg.z_channels) != (var_cfg.vocab_size, var_cfg.cvae):
         raise ValueError(f"tokenizer ({vae_path}) has vocab {vae_cfg.vocab_size} x dim {vae_cfg.z_channels} but "

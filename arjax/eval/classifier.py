@@ -1,11 +1,14 @@
 """The evaluation classifier for the built-in dataset: a small CNN trained on real SyntheticShapes.
 
     clf = get_classifier(64, "~/.cache/arjax/classifiers")   # loads, or trains (~1 min on CPU) and saves
-    logits, features = clf.logits_and_features(images_pm1)   # features: the 128-d penultimate layer
+    out = clf.outputs(images_pm1)       # colour logits, shape logits, 128-d features (for the Frechet distance)
+    clf.predict(images_pm1)             # the class, or REJECT when shape and colour name different classes
 
-Outputs are the ten classes plus one more, REJECT = "none of the classes": the classifier also trains
-on images with one class's shape in another class's colour (arjax/eval/recoloured.py), so a sample is
-credited with its class only when both its shape and its colour are right.
+Each class is one shape in one colour, so a classifier of the ten classes alone may name a class from
+its colour and never look at the shape: it would pass a generator that paints the right colour in
+the wrong shape. This one has two heads, the colour's class and the shape's class, and trains on real
+images plus images with one class's shape in another class's colour (arjax/eval/recoloured.py). A
+sample is assigned to class k when both heads say k; to REJECT ("none of the classes") otherwise.
 
 Convolutions, then a global average pool, so the network takes any image size; it is trained at the
 size it is used at, with a stem stride that grows with the size so the cost per image stays flat.
@@ -18,6 +21,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,35 +29,31 @@ import numpy as np
 import optax
 from flax import nnx
 
-from arjax.eval.augment import augment
+from arjax.eval.augment import augment, noise_bank
 from arjax.eval.real_data import CLASSIFIER_HELDOUT_SEED, CLASSIFIER_TRAIN_SEED, NUM_CLASSES, real_uint8
 from arjax.eval.recoloured import recoloured_uint8
 from arjax.nn.init import abstract_params, create
 from arjax.train import checkpoint
 
 FAMILY = "classifier"
-REJECT = NUM_CLASSES  # index of the "none of the classes" output
-RECOLOURED_SHARE = 0.2  # share of training images with mismatched shape and colour
+REJECT = NUM_CLASSES  # predict() for "none of the classes": shape and colour disagree
+RECOLOURED_SHARE = 0.5  # share of training images with mismatched shape and colour
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
     num_classes: int = NUM_CLASSES
-    channels: tuple[int, ...] = (32, 64, 128, 128)  # the first conv has stride `stem_stride`, the rest 2
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # the first conv has stride `stem_stride`, the rest 2
     stem_stride: int = 1
     feature_dim: int = 128
     groups: int = 8  # GroupNorm groups after every conv
 
-    @property
-    def num_outputs(self) -> int:
-        return self.num_classes + 1  # + REJECT
-
     @classmethod
     def for_image_size(cls, image_size: int) -> "ClassifierConfig":
-        """About 16x16 positions after the stem at every size >= 16."""
+        """About 32x32 positions after the stem at every size >= 32."""
         if image_size < 16:
             raise ValueError(f"the classifier needs images of at least 16 px; got {image_size}")
-        return cls(stem_stride=max(1, image_size // 16))
+        return cls(stem_stride=max(1, image_size // 32))
 
 
 class ShapesCNN(nnx.Module):
@@ -69,14 +69,26 @@ class ShapesCNN(nnx.Module):
             c_in = c_out
         self.convs, self.norms = nnx.List(convs), nnx.List(norms)
         self.feature = nnx.Linear(c_in, cfg.feature_dim, rngs=rngs)
-        self.head = nnx.Linear(cfg.feature_dim, cfg.num_outputs, rngs=rngs)
+        self.colour_head = nnx.Linear(cfg.feature_dim, cfg.num_classes, rngs=rngs)
+        self.shape_head = nnx.Linear(cfg.feature_dim, cfg.num_classes, rngs=rngs)
 
     def __call__(self, x):
-        """(B, S, S, 3) in [-1, 1] -> logits (B, num_classes + 1), features (B, feature_dim)."""
+        """(B, S, S, 3) in [-1, 1] -> colour logits (B, K), shape logits (B, K), features (B, feature_dim)."""
         for conv, norm in zip(self.convs, self.norms):
             x = nnx.gelu(norm(conv(x)))
         features = nnx.gelu(self.feature(x.mean(axis=(1, 2))))
-        return self.head(features), features
+        return self.colour_head(features), self.shape_head(features), features
+
+
+class ClassifierOutputs(NamedTuple):
+    colour_logits: np.ndarray  # (N, K): which class's colour
+    shape_logits: np.ndarray   # (N, K): which class's shape
+    features: np.ndarray       # (N, feature_dim): the penultimate layer
+
+    def predict(self) -> np.ndarray:
+        """(N,) int: k when colour and shape both say k, else REJECT."""
+        colour, shape = self.colour_logits.argmax(-1), self.shape_logits.argmax(-1)
+        return np.where(colour == shape, colour, REJECT)
 
 
 class Classifier:
@@ -99,8 +111,8 @@ class Classifier:
     def num_classes(self) -> int:
         return self.cfg.num_classes
 
-    def logits_and_features(self, images_pm1, batch_size: int = 250) -> tuple[np.ndarray, np.ndarray]:
-        """(N, S, S, 3) float in [-1, 1] -> logits (N, num_classes + 1), features (N, feature_dim), numpy.
+    def outputs(self, images_pm1, batch_size: int = 250) -> ClassifierOutputs:
+        """(N, S, S, 3) float in [-1, 1] -> ClassifierOutputs of numpy arrays.
 
         Every chunk is padded to `batch_size`, so any N compiles once."""
         x = np.asarray(images_pm1, np.float32)
@@ -108,33 +120,35 @@ class Classifier:
             raise ValueError(f"images must have shape (N, S, S, 3); got {x.shape}")
         if x.shape[1] != self.image_size:
             raise ValueError(f"this classifier was trained on {self.image_size} px images; got {x.shape[1]} px "
-                             f"(train one at this size with get_classifier({x.shape[1]}, ...))")
-        logits, features = [], []
+                             f"(get one for this size with get_classifier({x.shape[1]}, ...))")
+        chunks = []
         for s in range(0, len(x), batch_size):
             chunk = x[s:s + batch_size]
             n = len(chunk)
             if n < batch_size:
                 chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), np.float32)])
-            lg, ft = self._apply(self.state, chunk)
-            logits.append(np.asarray(lg)[:n])
-            features.append(np.asarray(ft)[:n])
-        if not logits:
-            return (np.zeros((0, self.cfg.num_outputs), np.float32), np.zeros((0, self.cfg.feature_dim), np.float32))
-        return np.concatenate(logits), np.concatenate(features)
+            chunks.append([np.asarray(a)[:n] for a in self._apply(self.state, chunk)])
+        if not chunks:
+            k, d = self.num_classes, self.cfg.feature_dim
+            return ClassifierOutputs(np.zeros((0, k), np.float32), np.zeros((0, k), np.float32),
+                                     np.zeros((0, d), np.float32))
+        return ClassifierOutputs(*(np.concatenate(parts) for parts in zip(*chunks)))
 
     def predict(self, images_pm1) -> np.ndarray:
-        """(N,) int: the class, or REJECT (= num_classes) for "none of the classes"."""
-        return self.logits_and_features(images_pm1)[0].argmax(-1)
+        """(N,) int: the class, or REJECT (= num_classes) when shape and colour name different classes."""
+        return self.outputs(images_pm1).predict()
 
 
 # ---------------------------------------------------------------- training
 
-def _training_pool(count: int, image_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _training_pool(count: int, image_size: int, seed: int):
+    """uint8 images with their (colour class, shape class) targets: real images, then recoloured ones."""
     n_recoloured = int(round(count * RECOLOURED_SHARE))
     real, labels = real_uint8(count - n_recoloured, image_size, seed)
-    mixed, _ = recoloured_uint8(n_recoloured, image_size, seed + 100_000)
-    return (np.concatenate([real, mixed]),
-            np.concatenate([labels, np.full(n_recoloured, REJECT, np.int32)]))
+    mixed, pairs = recoloured_uint8(n_recoloured, image_size, seed + 100_000)
+    colour = np.concatenate([labels, pairs[:, 1]]).astype(np.int32)
+    shape = np.concatenate([labels, pairs[:, 0]]).astype(np.int32)
+    return np.concatenate([real, mixed]), colour, shape
 
 
 def _pm1(images_uint8):
@@ -158,8 +172,7 @@ def train_classifier(image_size: int, *, steps: int = 800, batch_size: int = 64,
     t0 = time.perf_counter()
     cfg = cfg or ClassifierConfig.for_image_size(image_size)
     pool_size = pool_size or min(steps * batch_size, 12_000)
-    images, labels = _training_pool(pool_size, image_size, CLASSIFIER_TRAIN_SEED + seed)
-    images, labels = jnp.asarray(images), jnp.asarray(labels)
+    images, colours, shapes = map(jnp.asarray, _training_pool(pool_size, image_size, CLASSIFIER_TRAIN_SEED + seed))
     t_data = time.perf_counter() - t0
 
     model = create(ShapesCNN, cfg, seed)
@@ -169,25 +182,28 @@ def train_classifier(image_size: int, *, steps: int = 800, batch_size: int = 64,
     opt_state = tx.init(params)
 
     @jax.jit
-    def step(params, opt_state, key):
+    def step(params, opt_state, key, bank):
         k_idx, k_aug = jax.random.split(key)
         idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0])
-        x = augment(k_aug, _pm1(images[idx]))
-        y = labels[idx]
+        x = augment(k_aug, _pm1(images[idx]), bank)
+        colour, shape = colours[idx], shapes[idx]
 
         def loss_fn(p):
-            logits, _ = nnx.merge(graphdef, p)(x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+            colour_logits, shape_logits, _ = nnx.merge(graphdef, p)(x)
+            ce = optax.softmax_cross_entropy_with_integer_labels
+            loss = ce(colour_logits, colour).mean() + ce(shape_logits, shape).mean()
+            return loss, (shape_logits.argmax(-1) == shape).mean()
 
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (loss, shape_acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, (logits.argmax(-1) == y).mean()
+        return optax.apply_updates(params, updates), opt_state, loss, shape_acc
 
-    key = jax.random.key(seed)
+    k_bank, key = jax.random.split(jax.random.key(seed))
+    bank = noise_bank(k_bank, image_size)
     for i in range(steps):
-        params, opt_state, loss, acc = step(params, opt_state, jax.random.fold_in(key, i))
+        params, opt_state, loss, acc = step(params, opt_state, jax.random.fold_in(key, i), bank)
         if log and (i + 1) % max(1, steps // 5) == 0:
-            log(f"  classifier step {i + 1}/{steps}: loss {float(loss):.4f}  batch acc {float(acc) * 100:.1f}%")
+            log(f"  classifier step {i + 1}/{steps}: loss {float(loss):.4f}  batch shape acc {float(acc) * 100:.1f}%")
     t_train = time.perf_counter() - t0 - t_data
 
     meta = {"family": FAMILY, "image_size": int(image_size), "arch": dataclasses.asdict(cfg),

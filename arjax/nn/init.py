@@ -2,6 +2,7 @@
 starts where the reference recipe starts."""
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -42,9 +43,15 @@ def create(module_cls, cfg, seed: int = 0):
     return nnx.merge(graphdef, lowered.compile(compiler_options=opts)())
 
 
+@functools.lru_cache(maxsize=32)
+def _abstract_split(module_cls, cfg):
+    return nnx.split(nnx.eval_shape(lambda: module_cls(cfg, rngs=nnx.Rngs(0))))
+
+
 def abstract_module(module_cls, cfg):
-    """The module with ShapeDtypeStruct leaves: shapes without allocating parameters."""
-    return nnx.eval_shape(lambda: module_cls(cfg, rngs=nnx.Rngs(0)))
+    """A fresh module with ShapeDtypeStruct leaves: shapes without allocating parameters. Tracing the
+    constructor takes seconds for a real tokenizer, so the trace is cached per (class, frozen config)."""
+    return nnx.merge(*_abstract_split(module_cls, cfg))
 
 
 def abstract_params(module_cls, cfg) -> dict:
