@@ -58,6 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling (default 1)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="compute dtype of the transformer blocks (VARConfig.dtype); params stay float32")
+    p.add_argument("--remat", action="store_true", help="recompute blocks in the backward pass (VARConfig.remat)")
     p.add_argument("--image-size", type=int, choices=sorted(VAR_SCHEDULES), default=256,
                    help="selects patch_nums from arjax.ops.scales.VAR_SCHEDULES (default 256)")
     p.add_argument("--precision", choices=("default", "high", "highest"), default="highest",
@@ -80,7 +81,7 @@ def parse_args(argv=None):
 def make_meta(args) -> dict:
     pns = VAR_SCHEDULES[args.image_size]
     tok = VQVAEConfig(ch=args.tokenizer_ch, patch_nums=pns)
-    model = VARConfig(depth=args.depth, patch_nums=pns, dtype=args.dtype,
+    model = VARConfig(depth=args.depth, patch_nums=pns, dtype=args.dtype, remat=args.remat,
                       vocab_size=tok.vocab_size, cvae=tok.z_channels)
     return {"family": "var", "tokenizer": dataclasses.asdict(tok), "model": dataclasses.asdict(model)}
 

@@ -167,3 +167,23 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(tmp_path):
     assert step is not None and step >= 1
     path = ck.directory / str(step)
     assert path.is_dir() and not any(p.name.endswith(".orbax-checkpoint-tmp") for p in ck.directory.iterdir())
+
+
+def test_remat_gives_the_same_loss_and_gradients():
+    import dataclasses
+    from flax import nnx
+    from arjax.train.losses import token_cross_entropy
+    cfg = VARConfig(depth=2, embed_dim=64, num_heads=2, vocab_size=32, cvae=8, patch_nums=(1, 2, 3),
+                    num_classes=5, init_adaln_gamma=0.3)
+    params = nnx.to_pure_dict(nnx.state(create(VAR, cfg), nnx.Param))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 13, 8)), jnp.float32)
+    y, tgt = jnp.asarray([1, 4]), jnp.asarray(rng.integers(0, 32, size=(2, 14)))
+    out = []
+    for remat in (False, True):
+        gd = nnx.split(create(VAR, dataclasses.replace(cfg, remat=remat)))[0]
+        loss = lambda p, gd=gd: token_cross_entropy(nnx.merge(gd, p)(y, x), tgt).mean()
+        out.append(jax.jit(jax.value_and_grad(loss))(params))
+    np.testing.assert_allclose(float(out[0][0]), float(out[1][0]), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(out[0][1]), jax.tree.leaves(out[1][1])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

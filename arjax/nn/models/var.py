@@ -36,6 +36,7 @@ class VARConfig:
     init_head: float = 0.02
     attn_impl: str = "auto"         # arjax.ops.attention impl
     dtype: str = "float32"          # compute dtype of the blocks; params stay float32
+    remat: bool = False             # recompute each block in the backward pass (less memory, ~1/3 more compute)
 
     def __post_init__(self):
         object.__setattr__(self, "patch_nums", tuple(self.patch_nums))
@@ -118,8 +119,13 @@ class VAR(nnx.Module):
         bcond = self.block_cond(cond)
         x = x.astype(jnp.dtype(self.cfg.dtype))
         kvs = []
+        def apply(blk, x, bcond, cache):
+            return blk(x, bcond, cache=cache, **attn_kw)
+
+        if self.cfg.remat:
+            apply = nnx.remat(apply)
         for i, blk in enumerate(self.blocks):
-            x, kv = blk(x, bcond, cache=None if caches is None else caches[i], **attn_kw)
+            x, kv = apply(blk, x, bcond, None if caches is None else caches[i])
             kvs.append(kv)
         return x, kvs
 
