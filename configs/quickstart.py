@@ -1,4 +1,4 @@
-"""The CPU quickstart on the built-in synthetic dataset (10 shape x colour classes, 64 px):
+"""The CPU quickstart on the built-in synthetic dataset (10 shape x colour classes, 32 px):
 a small multi-scale tokenizer, then a small VAR on its tokens.
 
     arjax train --config configs/quickstart.py:tokenizer --workdir runs/quickstart/tokenizer
@@ -37,7 +37,7 @@ def get_config(arg: str = "var") -> ml_collections.ConfigDict:
         c.steps = 600
         c.show_metrics = ("loss", "psnr", "usage")
         c.tokenizer = ml_collections.ConfigDict(dict(
-            vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, using_sa=False,
+            vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, using_sa=False,
             using_mid_sa=True, quant_conv_ks=3, quant_resi=0.5, share_quant_resi=4, patch_nums=(1, 2, 3, 4, 6, 8)))
         c.loss = ml_collections.ConfigDict(dict(
             beta=0.25, l1=1.0, l2=1.0, use_decay=0.99, dead_threshold=0.03, reset_every=50))

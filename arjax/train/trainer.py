@@ -124,11 +124,12 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
     def write_preview(params, batch, step):
         imgs, labels = preview_fn(params, consts, batch, cfg.seed)
         imgs = np.asarray(imgs)
-        labels = None if labels is None else np.asarray(labels)
-        per_row = cfg.sample.preview_per_class if labels is not None else len(imgs) // 2
-        path = save_grid(workdir / "samples" / f"step_{step:06d}.png", imgs,
-                         labels if labels is not None else np.zeros(len(imgs), int),
-                         per_row=per_row, class_names=class_names)
+        grid = workdir / "samples" / f"step_{step:06d}.png"
+        if labels is None:  # a tokenizer: real images over their reconstructions
+            path = save_grid(grid, imgs, per_row=len(imgs) // 2, row_names=["real", "reconstructed"])
+        else:
+            path = save_grid(grid, imgs, np.asarray(labels), per_row=cfg.sample.preview_per_class,
+                             class_names=class_names)
         from PIL import Image
         writer.add_image("preview", np.asarray(Image.open(path)), step, dataformats="HWC")
         return path
