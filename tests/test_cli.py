@@ -25,17 +25,30 @@ def test_convert_then_sample_grid(var_tiny_files, tmp_path, capsys):
     assert "sampling" in capsys.readouterr().err  # tqdm progress goes to stderr
 
 
-def test_grid_tiles_match_pipeline_samples(var_tiny_pipe, tmp_path):
+def test_grid_tiles_match_pipeline_samples(tmp_path):
     """Chunked CLI sampling keys samples by absolute index: tiles equal one whole-batch sample."""
-    png = cli.sample_grid(var_tiny_pipe, [3, 981], 2, tmp_path / "g.png", cfg=1.5, top_k=50, top_p=0.9,
-                          seed=7, batch_size=2)
+    import dataclasses
+
+    import arjax
+    from arjax.nn.models.var import VARConfig
+    from arjax.nn.tokenizers.msvq import VQVAEConfig
+    tok = VQVAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, vocab_size=64, z_channels=8, patch_nums=(1, 2, 4),
+                      using_sa=False)
+    var = VARConfig(depth=1, embed_dim=32, num_heads=2, vocab_size=64, cvae=8, patch_nums=(1, 2, 4), num_classes=4,
+                    init_head=1.0)
+    pipe = arjax.build({"family": "var", "tokenizer": dataclasses.asdict(tok), "model": dataclasses.asdict(var)})
+    png = cli.sample_grid(pipe, [1, 3], 2, tmp_path / "g.png", cfg=1.5, top_k=50, top_p=0.9, seed=7, batch_size=2)
     grid = np.asarray(Image.open(png)).astype(np.int16)
-    ref = np.asarray(var_tiny_pipe.sample([3, 3, 981, 981], cfg=1.5, top_k=50, top_p=0.9, seed=7))
+    ref = np.asarray(pipe.sample([1, 1, 3, 3], cfg=1.5, top_k=50, top_p=0.9, seed=7))
     ref = (np.clip(ref, 0, 1) * 255 + 0.5).astype(np.int16)
+    k = 96 // 16  # 16 px tiles are shown enlarged
+    ref = np.repeat(np.repeat(ref, k, axis=1), k, axis=2)
+    s = ref.shape[1]
     for i in range(4):
         r, c = divmod(i, 2)
-        y, x = 2 + r * 258, 140 + 2 + c * 258
-        assert np.abs(grid[y:y + 256, x:x + 256] - ref[i]).max() <= 1
+        y, x = 2 + r * (s + 2), 140 + 2 + c * (s + 2)
+        assert np.abs(grid[y:y + s, x:x + s] - ref[i]).max() <= 1
+    assert np.abs(ref[0] - ref[1]).max() > 0  # two samples of one class differ
 
 
 def test_init_with_override_and_unknown_key(tmp_path, capsys):

@@ -42,7 +42,7 @@ def make_train_step(task, tx, seed: int, ema_decay: float):
         params, extra = task.post_update(params, state["extra"], aux, step, k_post)
         new = {"step": step + 1, "params": params, "opt_state": opt_state, "extra": extra,
                "ema": _ema(state["ema"], params, ema_decay) if ema_decay > 0 else state["ema"]}
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         # A non-finite step changes nothing but the flag: the state stays the last good one.
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
