@@ -131,6 +131,21 @@ def cmd_quickstart(args) -> None:
     print(f"  tensorboard    tensorboard --logdir {out}")
 
 
+def cmd_eval(args) -> None:
+    """Score class-conditional samples of a model trained on the built-in dataset."""
+    import json
+
+    import arjax
+    from arjax.eval.run import evaluate_pipeline, format_report
+    pipe = arjax.load(args.checkpoint)
+    report = evaluate_pipeline(pipe, per_class=args.per_class, seed=args.seed, cfg=args.cfg, top_k=args.top_k,
+                               top_p=args.top_p, classifier_dir=args.classifier_dir)
+    print(format_report(report))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1, default=str))
+        print(f"wrote {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arjax", description="Autoregressive image generation in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -171,6 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workdir", required=True, help="run directory; an existing one is resumed")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="classifier accuracy and Frechet distance on the built-in dataset")
+    e.add_argument("--checkpoint", required=True, help="model directory trained on the synthetic dataset")
+    e.add_argument("--per-class", type=int, default=50)
+    e.add_argument("--cfg", type=float, default=1.5)
+    e.add_argument("--top-k", type=int, default=900)
+    e.add_argument("--top-p", type=float, default=0.96)
+    e.add_argument("--seed", type=int, default=1)
+    e.add_argument("--classifier-dir", default=None, help="where the classifier is cached (trained if absent)")
+    e.add_argument("--out", default=None, help="write the metrics as JSON")
+    e.set_defaults(fn=cmd_eval)
 
     q = sub.add_parser("quickstart", help="the main job on CPU (see README)")
     q.add_argument("--out", default="quickstart")

@@ -1,10 +1,11 @@
 """Training augmentation for the evaluation classifier, in JAX so that it runs inside the jitted step.
 
-Generated samples differ from the data in small ways: slightly blurred or noisy, a little shifted or
-zoomed (VAR's crop augmentation), colours a few percent off. The classifier must see through those
-and still name the class, so it trains on images perturbed in the same ways, each kept small enough
-that no class turns into another (the closest two class colours, yellow and orange, are 100 RGB
-levels apart; the colour jitter moves a channel by at most ~20).
+Generated samples differ from the data in small ways: softer (a VQ tokenizer decodes from a latent
+grid 4-8x coarser than the image), noisy, a little shifted or zoomed (VAR's crop augmentation),
+colours a few percent off. The classifier must see through those and still name the class, so it
+trains on images perturbed in the same ways, each kept small enough that no class turns into another
+(the closest two class colours, yellow and orange, are 100 RGB levels apart; the colour jitter moves
+a channel by at most ~20; the coarsest resampling keeps a third of the side).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 
 MAX_ZOOM = 1.15       # random crop of 1/1.15 of the side, resized back (VAR's resize-1.125-then-crop)
 MAX_BLUR_SIGMA = 1.2  # pixels
+DOWNSCALES = (1.5, 2.0, 2.5, 3.0)  # resample to side / f and back
 MAX_NOISE = 0.08      # std of additive gaussian noise, in [-1, 1] units
 MAX_GAIN = 0.06       # per-channel gain 1 +- this
 MAX_SHIFT = 0.06      # per-channel offset, in [-1, 1] units
@@ -44,11 +46,25 @@ def noise_bank(key, image_size: int, count: int = 512) -> jax.Array:
     return jax.random.normal(key, (count, image_size, image_size, 3))
 
 
+def _down_up(image, factor: float):
+    s = image.shape[0]
+    low = max(2, round(s / factor))
+    return jax.image.resize(jax.image.resize(image, (low, low, 3), "linear"), image.shape, "cubic")
+
+
+def _soften(key, image):
+    """One of: unchanged (1/4), gaussian blur (3/8), resampled through a lower resolution (3/8)."""
+    k_kind, k_sigma, k_factor = jax.random.split(key, 3)
+    kind = jax.random.choice(k_kind, 3, p=jnp.array([0.25, 0.375, 0.375]))
+    sigma = jax.random.uniform(k_sigma, (), minval=0.3, maxval=MAX_BLUR_SIGMA)
+    resampled = jnp.stack([_down_up(image, f) for f in DOWNSCALES])
+    pick = jax.random.randint(k_factor, (), 0, len(DOWNSCALES))
+    return jnp.select([kind == 1, kind == 2], [_gaussian_blur(image, sigma), resampled[pick]], image)
+
+
 def _augment_one(key, image, bank):
-    k_geo, k_blur, k_gain, k_shift, k_noise, k_std = jax.random.split(key, 6)
-    x = _zoom_flip(k_geo, image)
-    sigma = jax.random.uniform(k_blur, (), minval=-0.5, maxval=MAX_BLUR_SIGMA)  # no blur 30% of the time
-    x = jnp.where(sigma > 0.1, _gaussian_blur(x, sigma), x)
+    k_geo, k_soft, k_gain, k_shift, k_noise, k_std = jax.random.split(key, 6)
+    x = _soften(k_soft, _zoom_flip(k_geo, image))
     gain = 1.0 + jax.random.uniform(k_gain, (3,), minval=-MAX_GAIN, maxval=MAX_GAIN)
     shift = jax.random.uniform(k_shift, (3,), minval=-MAX_SHIFT, maxval=MAX_SHIFT)
     x = (x + 1.0) * gain - 1.0 + shift
