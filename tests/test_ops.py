@@ -11,6 +11,7 @@ import pytest
 from arjax.ops import attention as attn_ops
 from arjax.ops import resample, scales
 from arjax.sample.filters import top_k_top_p_filter
+from reference.var_numpy import _cubic  # the Keys cubic kernel, A = -0.75
 
 VAR_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
@@ -34,15 +35,6 @@ def loop_area(x, oh, ow):
     return out
 
 
-def _keys_cubic(d, a=-0.75):
-    d = abs(d)
-    if d <= 1:
-        return (a + 2) * d ** 3 - (a + 3) * d ** 2 + 1
-    if d < 2:
-        return a * d ** 3 - 5 * a * d ** 2 + 8 * a * d - 4 * a
-    return 0.0
-
-
 def loop_bicubic(x, oh, ow):
     """PyTorch bicubic (align_corners=False, A=-0.75, border-clamped taps), per output pixel.
     x: (H, W, C) float64."""
@@ -55,7 +47,7 @@ def loop_bicubic(x, oh, ow):
             acc = 0.0
             for ty in range(math.floor(sy) - 1, math.floor(sy) + 3):
                 for tx in range(math.floor(sx) - 1, math.floor(sx) + 3):
-                    wgt = _keys_cubic(sy - ty) * _keys_cubic(sx - tx)
+                    wgt = _cubic(sy - ty) * _cubic(sx - tx)
                     acc = acc + wgt * x[min(max(ty, 0), h - 1), min(max(tx, 0), w - 1)]
             out[i, j] = acc
     return out
