@@ -17,7 +17,7 @@ FIXTURES = Path(os.environ.get("ARJAX_FIXTURES", REPO.parent / "shared" / "fixtu
 def fixture_dir(name: str) -> Path:
     d = FIXTURES / name
     if not (d / "cases.npz").is_file():
-        pytest.skip(f"parity fixture {d} is absent (set ARJAX_FIXTURES to the shared/fixtures folder)")
+        pytest.skip(reason=f"parity fixture {d} is absent (set ARJAX_FIXTURES to the shared/fixtures folder)")
     return d
 
 
