@@ -1,0 +1,25 @@
+"""The README's main job, end to end with 3-step stages: both trainings, the grid, the evaluation,
+and a rerun that reuses the finished stages instead of training again."""
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from arjax import cli
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.py")
+
+
+def test_quickstart_glue(tmp_path, capsys):
+    args = ["quickstart", "--out", str(tmp_path), "--config", CONFIG, "--set-tokenizer", "steps=3",
+            "--set-var", "steps=3", "--eval-per-class", "2"]
+    assert cli.main(args) == 0
+    grid = Image.open(tmp_path / "samples.png")
+    assert grid.size[1] > 10 * 96  # ten labelled rows of enlarged 32 px samples
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert 0 <= report["class_accuracy"] <= 100 and report["frechet_distance"] > 0
+    for stage in ("tokenizer", "var"):
+        assert json.loads((tmp_path / stage / "summary.json").read_text())["steps"] == 3
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.count("already trained, reusing") == 2
