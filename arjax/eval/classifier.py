@@ -33,6 +33,7 @@ from flax import nnx
 
 from arjax.eval.augment import augment, noise_bank
 from arjax.eval.real_data import CLASSIFIER_HELDOUT_SEED, CLASSIFIER_TRAIN_SEED, NUM_CLASSES, real_uint8
+from arjax.data.transforms import to_pm1
 from arjax.eval.recoloured import recoloured_uint8
 from arjax.nn.init import abstract_params, create
 from arjax.train import checkpoint
@@ -167,16 +168,12 @@ def _training_pool(count: int, image_size: int, seed: int):
     return np.concatenate([real, mixed]), colour, shape
 
 
-def _pm1(images_uint8):
-    return images_uint8.astype(jnp.float32) * (2.0 / 255.0) - 1.0
-
-
 def heldout_accuracy(clf: Classifier, count: int = 2000, seed: int = CLASSIFIER_HELDOUT_SEED) -> dict:
     """% of held-out real images named correctly, and % of held-out recoloured images rejected."""
     real, labels = real_uint8(count, clf.image_size, seed)
     mixed, _ = recoloured_uint8(count // 2, clf.image_size, seed + RECOLOURED_SEED_OFFSET)
-    acc = float((clf.predict(_pm1(real)) == labels).mean() * 100)
-    reject = float((clf.predict(_pm1(mixed)) == REJECT).mean() * 100)
+    acc = float((clf.predict(to_pm1(real)) == labels).mean() * 100)
+    reject = float((clf.predict(to_pm1(mixed)) == REJECT).mean() * 100)
     return {"heldout_acc": round(acc, 2), "heldout_reject_acc": round(reject, 2)}
 
 
@@ -202,7 +199,7 @@ def train_classifier(image_size: int, *, steps: int = 1500, batch_size: int = 32
         images, colours, shapes = pool
         k_idx, k_aug = jax.random.split(key)
         idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0])
-        x = augment(k_aug, _pm1(images[idx]), bank)
+        x = augment(k_aug, to_pm1(images[idx]), bank)
         colour, shape = colours[idx], shapes[idx]
 
         def loss_fn(p):
