@@ -24,7 +24,8 @@ def common(task: str) -> ml_collections.ConfigDict:
         name="synthetic", augment=False,
         kwargs=ml_collections.ConfigDict(dict(num_examples=50_000, seed=0))))  # images at the model's size
     c.optim = ml_collections.ConfigDict(dict(
-        base_lr=8e-3, warmup_steps=50, wp0=0.005, wpe=0.01, weight_decay=0.05, b1=0.9, b2=0.95, grad_clip=2.0))
+        base_lr=8e-3, warmup_steps=50, wp0=0.005, wpe=0.01, schedule="lin0", weight_decay=0.05, b1=0.9, b2=0.95,
+        grad_clip=2.0))
     c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=2))
     c.sample = ml_collections.ConfigDict(dict(cfg=1.5, top_k=900, top_p=0.96, preview_classes=10,
                                               preview_per_class=4))
@@ -40,7 +41,10 @@ def get_config(arg: str = "var") -> ml_collections.ConfigDict:
             vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, using_sa=False,
             using_mid_sa=True, quant_conv_ks=3, quant_resi=0.5, share_quant_resi=4, patch_nums=(1, 2, 3, 4, 6, 8)))
         c.loss = ml_collections.ConfigDict(dict(
-            beta=0.25, l1=1.0, l2=1.0, use_decay=0.99, dead_threshold=0.03, reset_every=50))
+            beta=0.25, l1=1.0, l2=1.0, use_decay=0.99, dead_threshold=0.03, reset_every=50,
+            perceptual=0.0, lpips_vgg="", lpips_lin=""))  # LPIPS needs VGG weights: see arjax/nn/lpips.py
+        c.disc = ml_collections.ConfigDict(dict(  # PatchGAN; weight 0 = off (shapes need no GAN)
+            weight=0.0, start=0, loss="hinge", ch=32, num_layers=2, lr=1e-4, b1=0.5, b2=0.9, grad_clip=0.0))
         return c
     if arg == "var":
         c = common("var")
@@ -52,5 +56,7 @@ def get_config(arg: str = "var") -> ml_collections.ConfigDict:
             attn_l2_norm=True, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, attn_impl="auto",
             dtype="float32"))
         c.loss = ml_collections.ConfigDict(dict(class_dropout=0.1, label_smoothing=0.0))
+        # VAR's --pg/--pg0/--pgwp (fraction 0 = off); the reference pairs it with optim.schedule="lin<fraction>"
+        c.progressive = ml_collections.ConfigDict(dict(fraction=0.0, first_scale=1, ramp_steps=0))
         return c
     raise ValueError(f"unknown quickstart stage {arg!r}: use tokenizer or var")

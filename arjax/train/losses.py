@@ -38,3 +38,22 @@ def vq_losses(f, f_hat, beta: float):
 def straight_through(f, f_hat):
     """Forward value f_hat, gradient of the identity w.r.t. f."""
     return f + jax.lax.stop_gradient(f_hat - f)
+
+
+# ---- adversarial (tokenizer) -----------------------------------------------------------------------
+def disc_loss(real_logits, fake_logits, kind: str = "hinge"):
+    """Discriminator loss on patch logits: hinge (VQGAN) or non-saturating logistic."""
+    if kind == "hinge":
+        return 0.5 * (jnp.mean(jax.nn.relu(1 - real_logits)) + jnp.mean(jax.nn.relu(1 + fake_logits)))
+    if kind == "non_saturating":
+        return 0.5 * (jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits)))
+    raise ValueError(f"disc.loss must be 'hinge' or 'non_saturating'; got {kind!r}")
+
+
+def generator_adv_loss(fake_logits, kind: str = "hinge"):
+    """The generator's side: raise the discriminator's logits on reconstructions."""
+    if kind == "hinge":
+        return -jnp.mean(fake_logits)
+    if kind == "non_saturating":
+        return jnp.mean(jax.nn.softplus(-fake_logits))
+    raise ValueError(f"disc.loss must be 'hinge' or 'non_saturating'; got {kind!r}")

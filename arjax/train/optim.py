@@ -26,17 +26,27 @@ def peak_lr(base_lr: float, global_batch: int) -> float:
 
 
 def var_schedule(peak: float, total_steps: int, warmup_steps: int, *, wp0: float = 0.005,
-                 wpe: float = 0.01, flat_fraction: float = 0.05):
-    """Linear warmup from wp0*peak, then flat for `flat_fraction` of the rest, then linear decay to
-    wpe*peak at the last step (VAR's `lr_wd_annealing` with sche='lin0')."""
+                 wpe: float = 0.01, kind: str = "lin0"):
+    """VAR's `lr_wd_annealing`: linear warmup from wp0*peak, then
+      'lin0':  flat for 5% of the rest, then linear decay to wpe*peak at the last step;
+      'lin<T>' (e.g. 'lin0.8', what progressive training uses): linear decay to a midpoint over the
+               first T of the rest, then linear to wpe*peak."""
+    if not kind.startswith("lin"):
+        raise ValueError(f"optim.schedule must be 'lin0' or 'lin<T>' (e.g. 'lin0.8'); got {kind!r}")
+    flat = kind == "lin0"
+    t = 0.05 if flat else float(kind[3:])
     warmup_steps = max(int(round(warmup_steps)), 0)
     span = max(total_steps - 1 - warmup_steps, 1)
+    mid = (1 + wpe + (1 - wpe) * (1 - t)) / 2  # the reference's wpe_mid for 'lin<T>'
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
         warm = wp0 + (1 - wp0) * step / max(warmup_steps, 1)
         done = (step - warmup_steps) / span
-        decay = jnp.where(done < flat_fraction, 1.0, wpe + (1 - wpe) * (1 - done) / (1 - flat_fraction))
+        if flat:
+            decay = jnp.where(done < t, 1.0, wpe + (1 - wpe) * (1 - done) / (1 - t))
+        else:
+            decay = jnp.where(done < t, 1 + (mid - 1) * done / t, wpe + (mid - wpe) * (1 - done) / (1 - t))
         return peak * jnp.where(step < warmup_steps, warm, decay)
 
     return schedule

@@ -9,14 +9,20 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
+from arjax.nn.discriminator import DiscriminatorConfig, PatchDiscriminator
 from arjax.nn.init import abstract_module, create
+from arjax.nn.lpips import load_lpips, lpips_distance
 from arjax.nn.models.var import VAR, VARConfig
 from arjax.nn.tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
 from arjax.sample.next_scale import sample_next_scale
 from arjax.train import checkpoint
-from arjax.train.losses import straight_through, token_cross_entropy, var_metrics, vq_losses
+from arjax.train.losses import (disc_loss, generator_adv_loss, straight_through, token_cross_entropy, var_metrics,
+                                vq_losses)
+from arjax.train.optim import make_optimizer
+from arjax.train.progressive import ProgressiveSchedule
 
 
 def _pure(module) -> dict:
@@ -25,26 +31,52 @@ def _pure(module) -> dict:
 
 class TokenizerTask:
     """VAR's multi-scale residual VQVAE: L1 + L2 reconstruction, commitment and codebook losses
-    averaged over the partial f_hat of every scale, and dead-code re-seeding from encoder features."""
+    averaged over the partial f_hat of every scale, dead-code re-seeding from encoder features, and
+    optionally an LPIPS perceptual loss (user-supplied VGG weights) and a PatchGAN discriminator
+    trained by its own optimiser (its parameters and optimiser state live in `extra`)."""
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.model_cfg = VQVAEConfig(**cfg.tokenizer.to_dict())
         self.graphdef = nnx.split(abstract_module(MultiScaleVQVAE, self.model_cfg))[0]
         self.image_size = self.model_cfg.image_size
+        d = cfg.disc
+        self.use_disc = d.weight > 0
+        if self.use_disc:
+            self.disc_cfg = DiscriminatorConfig(ch=d.ch, num_layers=d.num_layers)
+            self.disc_graphdef = nnx.split(abstract_module(PatchDiscriminator, self.disc_cfg))[0]
+            self.disc_tx = make_optimizer(lambda _: d.lr, weight_decay=0.0, b1=d.b1, b2=d.b2,
+                                          grad_clip=d.grad_clip)
+        if cfg.loss.perceptual < 0 or d.weight < 0:
+            raise ValueError("loss.perceptual and disc.weight must be >= 0 (0 turns them off)")
+        if cfg.loss.perceptual > 0 and not (cfg.loss.lpips_vgg and cfg.loss.lpips_lin):
+            raise ValueError("loss.perceptual > 0 needs the LPIPS weights: set loss.lpips_vgg (torchvision "
+                             "vgg16-397923af.pth) and loss.lpips_lin (lpips weights/v0.1/vgg.pth), or "
+                             "loss.perceptual=0")
+        self.lpips = load_lpips(cfg.loss.lpips_vgg, cfg.loss.lpips_lin) if cfg.loss.perceptual > 0 else None
 
     def init_params(self, seed: int):
         return _pure(create(MultiScaleVQVAE, self.model_cfg, seed))
 
-    def init_extra(self):  # running share of each code's use, for dead-code detection
+    def init_extra(self):
         v = self.model_cfg.vocab_size
-        return {"code_use": jnp.full((v,), 1.0 / v, jnp.float32)}
+        extra = {"code_use": jnp.full((v,), 1.0 / v, jnp.float32)}  # running share of each code's use
+        if self.use_disc:
+            disc = _pure(create(PatchDiscriminator, self.disc_cfg, self.cfg.seed + 1))
+            extra.update(disc=disc, disc_opt=self.disc_tx.init(disc))
+        return extra
 
     def constants(self):
-        return {}
+        return {"lpips": self.lpips[1]} if self.lpips else {}
 
-    def loss(self, params, consts, batch, key):
-        del consts, key
+    def _adv_on(self, step):
+        return (step >= self.cfg.disc.start).astype(jnp.float32)
+
+    def phase(self, step: int) -> None:
+        return None
+
+    def loss(self, params, extra, consts, batch, key, step, phase=None):
+        del key, phase
         t = self.cfg.loss
         vae = nnx.merge(self.graphdef, params)
         x = batch["image"]
@@ -54,15 +86,32 @@ class TokenizerTask:
         rec = vae.decoder(vae.post_quant_conv(straight_through(f, fhats[-1])))
         l1, l2 = jnp.mean(jnp.abs(rec - x)), jnp.mean(jnp.square(rec - x))
         loss = t.l1 * l1 + t.l2 * l2 + commit + codebook
+        metrics = {}
+        if self.lpips:
+            metrics["perceptual"] = jnp.mean(lpips_distance(self.lpips[0], consts["lpips"], rec, x))
+            loss = loss + t.perceptual * metrics["perceptual"]
+        if self.use_disc:
+            fake_logits = nnx.merge(self.disc_graphdef, extra["disc"])(rec)
+            metrics["adv"] = generator_adv_loss(fake_logits, self.cfg.disc.loss)
+            loss = loss + self.cfg.disc.weight * self._adv_on(step) * metrics["adv"]
         counts = jnp.zeros((self.model_cfg.vocab_size,), jnp.float32)
         for idx in idx_list:
             counts = counts.at[idx.reshape(-1)].add(1.0)
         mse01 = jnp.mean(jnp.square((jnp.clip(rec, -1, 1) - x) / 2))
-        metrics = {"loss": loss, "l1": l1, "l2": l2, "commit": commit, "codebook": codebook,
-                   "psnr": -10 * jnp.log10(mse01 + 1e-10), "usage": jnp.mean(counts > 0) * 100}
-        return loss, (metrics, {"counts": counts, "features": jax.lax.stop_gradient(f)})
+        metrics.update({"loss": loss, "l1": l1, "l2": l2, "commit": commit, "codebook": codebook,
+                        "psnr": -10 * jnp.log10(mse01 + 1e-10), "usage": jnp.mean(counts > 0) * 100})
+        aux = {"counts": counts, "features": jax.lax.stop_gradient(f)}
+        if self.use_disc:
+            aux.update(real=x, fake=jax.lax.stop_gradient(rec))
+        return loss, (metrics, aux)
 
     def post_update(self, params, extra, aux, step, key):
+        params, extra = self._reseed_dead_codes(params, extra, aux, step, key)
+        if not self.use_disc:
+            return params, extra, {}
+        return (params, *self._disc_update(extra, aux, step))
+
+    def _reseed_dead_codes(self, params, extra, aux, step, key):
         """Codes whose running use fell below `dead_threshold / V` are re-seeded every `reset_every`
         steps with encoder feature vectors of the current batch (plus a little noise)."""
         t, v = self.cfg.loss, self.model_cfg.vocab_size
@@ -75,7 +124,21 @@ class TokenizerTask:
         codebook = params["quantize"]["embedding"]
         params = {**params, "quantize": {**params["quantize"],
                                          "embedding": jnp.where(dead[:, None], pick, codebook)}}
-        return params, {"code_use": jnp.where(dead, 1.0 / v, use)}
+        return params, {**extra, "code_use": jnp.where(dead, 1.0 / v, use)}
+
+    def _disc_update(self, extra, aux, step):
+        """One optimiser step of the discriminator on (real, reconstruction); none before disc.start."""
+        def d_loss(disc):
+            d = nnx.merge(self.disc_graphdef, disc)
+            return disc_loss(d(aux["real"]), d(aux["fake"]), self.cfg.disc.loss)
+
+        value, grads = jax.value_and_grad(d_loss)(extra["disc"])
+        updates, opt = self.disc_tx.update(grads, extra["disc_opt"], extra["disc"])
+        on = step >= self.cfg.disc.start
+        disc = jax.tree.map(lambda new, old: jnp.where(on, new, old), optax.apply_updates(extra["disc"], updates),
+                            extra["disc"])
+        opt = jax.tree.map(lambda new, old: jnp.where(on, new, old), opt, extra["disc_opt"])
+        return {**extra, "disc": disc, "disc_opt": opt}, {"disc_loss": value}
 
     def preview(self, params, consts, batch, seed: int):
         """Top row real images, bottom row their reconstructions, in [0, 1]."""
@@ -106,6 +169,8 @@ class VARTask:
         self.model_cfg = VARConfig(**model)
         self.graphdef = nnx.split(abstract_module(VAR, self.model_cfg))[0]
         self.image_size = self.tok_cfg.image_size
+        self.progressive = ProgressiveSchedule(
+            len(self.model_cfg.patch_nums), cfg.steps, cfg.optim.warmup_steps, **cfg.progressive.to_dict())
 
     def init_params(self, seed: int):
         return _pure(create(VAR, self.model_cfg, seed))
@@ -116,7 +181,12 @@ class VARTask:
     def constants(self):
         return {"tokenizer": self.tok_params}
 
-    def loss(self, params, consts, batch, key):
+    def phase(self, step: int) -> int:
+        """The progressive-training stage (index of the last scale trained) at `step`."""
+        return self.progressive.stage(step)
+
+    def loss(self, params, extra, consts, batch, key, step, phase=None):
+        del extra
         tok = nnx.merge(self.tok_graphdef, consts["tokenizer"])
         mcfg, t = self.model_cfg, self.cfg.loss
         if "tokens" in batch:  # from a token cache
@@ -127,14 +197,20 @@ class VARTask:
         labels = batch["label"]
         drop = jax.random.bernoulli(key, t.class_dropout, labels.shape)
         labels = jnp.where(drop, mcfg.num_classes, labels)
-        logits = nnx.merge(self.graphdef, params)(labels, x_in)
-        # uniform 1/L token weights, mean over the batch
-        loss = jnp.mean(token_cross_entropy(logits, tokens, t.label_smoothing))
-        metrics = {"loss": loss, **var_metrics(logits, tokens, mcfg.scale_lens[-1])}
+        stage = len(mcfg.patch_nums) - 1 if phase is None else phase
+        lens = mcfg.scale_lens[:stage + 1]
+        tokens = tokens[:, :sum(lens)]
+        logits = nnx.merge(self.graphdef, params)(labels, x_in, num_scales=stage + 1)
+        # uniform 1/L token weights over all L tokens (as the reference, also when only a prefix is
+        # trained); the newest scale of a progressive stage ramps in; summed over tokens, mean over batch
+        weights = jnp.full((sum(lens),), 1.0 / mcfg.seq_len)
+        weights = weights.at[sum(lens) - lens[-1]:].multiply(self.progressive.newest_scale_weight(stage, step))
+        loss = jnp.mean(jnp.sum(token_cross_entropy(logits, tokens, t.label_smoothing) * weights, axis=-1))
+        metrics = {"loss": loss, **var_metrics(logits, tokens, lens[-1])}
         return loss, (metrics, {})
 
     def post_update(self, params, extra, aux, step, key):
-        return params, extra
+        return params, extra, {}
 
     def preview(self, params, consts, batch, seed: int):
         """A few samples of each class, rows by class."""

@@ -31,22 +31,24 @@ def _ema(ema, params, decay):
 
 
 def make_train_step(task, tx, seed: int, ema_decay: float):
-    def train_step(state, consts, batch):
+    def train_step(state, consts, batch, phase):
         step = state["step"]
         key = jax.random.fold_in(jax.random.key(seed), step)
         k_loss, k_post = jax.random.split(key)
         (loss, (metrics, aux)), grads = jax.value_and_grad(task.loss, has_aux=True)(
-            state["params"], consts, batch, k_loss)
+            state["params"], state["extra"], consts, batch, k_loss, step, phase)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        params, extra = task.post_update(params, state["extra"], aux, step, k_post)
+        params, extra, post_metrics = task.post_update(params, state["extra"], aux, step, k_post)
         new = {"step": step + 1, "params": params, "opt_state": opt_state, "extra": extra,
                "ema": _ema(state["ema"], params, ema_decay) if ema_decay > 0 else state["ema"]}
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        for v in post_metrics.values():  # e.g. a discriminator that diverged
+            finite &= jnp.isfinite(v)
         # A non-finite step changes nothing but the flag: the state stays the last good one.
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-        return new, {**metrics, "grad_norm": grad_norm, "finite": finite}
+        return new, {**metrics, **post_metrics, "grad_norm": grad_norm, "finite": finite}
 
     return train_step
 
@@ -91,7 +93,7 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
 
     # ---- state ---------------------------------------------------------------------------------
     schedule = var_schedule(peak_lr(cfg.optim.base_lr, cfg.batch_size), cfg.steps, cfg.optim.warmup_steps,
-                            wp0=cfg.optim.wp0, wpe=cfg.optim.wpe)
+                            wp0=cfg.optim.wp0, wpe=cfg.optim.wpe, kind=cfg.optim.schedule)
     tx = make_optimizer(schedule, weight_decay=cfg.optim.weight_decay, b1=cfg.optim.b1, b2=cfg.optim.b2,
                         grad_clip=cfg.optim.grad_clip)
 
@@ -111,7 +113,8 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
     consts = task.constants()
 
     # ---- step ----------------------------------------------------------------------------------
-    step_fn = jax.jit(make_train_step(task, tx, cfg.seed, cfg.ema_decay), donate_argnums=0)
+    # `phase` (static) is what changes the step's shapes, e.g. the scales of progressive training
+    step_fn = jax.jit(make_train_step(task, tx, cfg.seed, cfg.ema_decay), donate_argnums=0, static_argnums=3)
     preview_fn = jax.jit(task.preview, static_argnums=3)
 
     # ---- feedback ------------------------------------------------------------------------------
@@ -143,7 +146,7 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
         step = start
         while step < cfg.steps:
             batch = next(data_iter)
-            state, m = step_fn(state, consts, batch)
+            state, m = step_fn(state, consts, batch, task.phase(step))
             step += 1
             if not bool(m["finite"]):
                 raise NonFiniteLoss(

@@ -130,10 +130,14 @@ class VAR(nnx.Module):
         return x, kvs
 
     # -- teacher forcing ----------------------------------------------------------------------------
-    def __call__(self, labels, var_input):
-        """labels (B,), var_input (B, L - first_l, Cvae) -> logits (B, L, V) float32."""
+    def __call__(self, labels, var_input, num_scales: int | None = None):
+        """labels (B,), var_input (B, L - first_l, Cvae) -> logits (B, L, V) float32.
+
+        `num_scales` < K runs only the first scales (progressive training): var_input may then be
+        just their prefix, and the logits cover those scales' tokens only."""
         cond = self.class_cond(labels)
-        x = jnp.concatenate([self.sos(cond), self.word_embed(var_input)], axis=1) + self.lvl_pos()
-        x, _ = self.run_blocks(x, cond, scale_lens=self.cfg.scale_lens, mask="block_causal",
-                               impl=self.cfg.attn_impl)
+        lens = self.cfg.scale_lens[:num_scales]
+        x = jnp.concatenate([self.sos(cond), self.word_embed(var_input[:, :sum(lens) - lens[0]])], axis=1)
+        x = x + self.lvl_pos()[:, :sum(lens)]
+        x, _ = self.run_blocks(x, cond, scale_lens=lens, mask="block_causal", impl=self.cfg.attn_impl)
         return self.logits_from_hidden(x, cond)
