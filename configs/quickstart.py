@@ -24,8 +24,8 @@ def common(task: str) -> ml_collections.ConfigDict:
         name="synthetic", augment=False,
         kwargs=ml_collections.ConfigDict(dict(num_examples=50_000, seed=0))))  # images at the model's size
     c.optim = ml_collections.ConfigDict(dict(
-        base_lr=8e-3, warmup_steps=50, wp0=0.005, wpe=0.01, schedule="lin0", weight_decay=0.05, b1=0.9, b2=0.95,
-        grad_clip=2.0))
+        base_lr=8e-3, warmup_steps=50, wp0=0.005, wpe=0.01, schedule="lin0", weight_decay=0.05,
+        weight_decay_end=0.0, b1=0.9, b2=0.95, grad_clip=2.0))  # weight_decay_end 0: constant (cosine otherwise)
     c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=2))
     c.sample = ml_collections.ConfigDict(dict(cfg=1.5, top_k=900, top_p=0.96, preview_classes=10,
                                               preview_per_class=4))

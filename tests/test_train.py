@@ -17,7 +17,7 @@ from arjax.config import load_config
 from arjax.nn.init import create
 from arjax.nn.models.var import VAR, VARConfig
 from arjax.train.losses import NonFiniteLoss, straight_through, token_cross_entropy, vq_losses
-from arjax.train.optim import decay_mask, var_schedule
+from arjax.train.optim import decay_mask, var_schedule, wd_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TOKENIZER = ["tokenizer.ch_mult=(1,2)", "tokenizer.patch_nums=(1,2,4)", "tokenizer.vocab_size=64",
@@ -99,6 +99,15 @@ def test_schedule_matches_reference(sche, total, warm):
     ref = np.array([3e-4 * _reference_lr(sche, s, warm, total) for s in steps])
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * 3e-4)  # float32 near the end of the decay
     assert got[-1] == pytest.approx(3e-4 * 0.01, rel=1e-4)
+
+
+def test_weight_decay_schedule_matches_reference():
+    total = 500
+    wd = wd_schedule(0.05, 0.08, total)
+    got = np.asarray(jax.vmap(wd)(np.arange(total)))
+    ref = [0.08 + (0.05 - 0.08) * (0.5 + 0.5 * math.cos(math.pi * it / (total - 1))) for it in range(total)]
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    assert wd_schedule(0.05, 0.05, total) == 0.05
 
 
 # ---- real training ---------------------------------------------------------------------------------

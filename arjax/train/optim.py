@@ -52,7 +52,15 @@ def var_schedule(peak: float, total_steps: int, warmup_steps: int, *, wp0: float
     return schedule
 
 
-def make_optimizer(schedule, *, weight_decay: float = 0.05, b1: float = 0.9, b2: float = 0.95,
+def wd_schedule(start: float, end: float, total_steps: int):
+    """The reference's weight decay: cosine from `start` to `end` over the run (constant if equal)."""
+    if end == start:
+        return start
+    span = max(total_steps - 1, 1)
+    return lambda step: end + (start - end) * (0.5 + 0.5 * jnp.cos(jnp.pi * jnp.asarray(step, jnp.float32) / span))
+
+
+def make_optimizer(schedule, *, weight_decay=0.05, b1: float = 0.9, b2: float = 0.95,
                    grad_clip: float = 2.0, mask=decay_mask) -> optax.GradientTransformation:
     parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
     parts.append(optax.adamw(schedule, b1=b1, b2=b2, eps=1e-8, weight_decay=weight_decay, mask=mask))

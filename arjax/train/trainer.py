@@ -20,7 +20,7 @@ import optax
 from arjax.data import make_dataset, make_source
 from arjax.train import checkpoint
 from arjax.train.losses import NonFiniteLoss
-from arjax.train.optim import make_optimizer, peak_lr, var_schedule
+from arjax.train.optim import make_optimizer, peak_lr, var_schedule, wd_schedule
 from arjax.train.tasks import TASKS
 
 log = logging.getLogger("arjax.train")
@@ -94,7 +94,8 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
     # ---- state ---------------------------------------------------------------------------------
     schedule = var_schedule(peak_lr(cfg.optim.base_lr, cfg.batch_size), cfg.steps, cfg.optim.warmup_steps,
                             wp0=cfg.optim.wp0, wpe=cfg.optim.wpe, kind=cfg.optim.schedule)
-    tx = make_optimizer(schedule, weight_decay=cfg.optim.weight_decay, b1=cfg.optim.b1, b2=cfg.optim.b2,
+    wd = wd_schedule(cfg.optim.weight_decay, cfg.optim.weight_decay_end or cfg.optim.weight_decay, cfg.steps)
+    tx = make_optimizer(schedule, weight_decay=wd, b1=cfg.optim.b1, b2=cfg.optim.b2,
                         grad_clip=cfg.optim.grad_clip)
 
     def init_state():
