@@ -117,12 +117,14 @@ def cmd_quickstart(args) -> None:
     model_dir = var["model_dir"]
     import arjax
     pipe = arjax.load(model_dir)
-    grid = sample_grid(pipe, list(range(pipe.cfg.num_classes)), 8, out / "samples.png", cfg=1.5, top_k=900,
-                       top_p=0.96, seed=0, batch_size=80)
+    from arjax.config import load_config
+    s = load_config(f"{args.config}:var", var_sets).sample  # the stage's own sampling settings
+    grid = sample_grid(pipe, list(range(pipe.cfg.num_classes)), 8, out / "samples.png", cfg=s.cfg, top_k=s.top_k,
+                       top_p=s.top_p, seed=0, batch_size=80)
     print("[4/4] evaluation")
     from arjax.eval.run import evaluate_pipeline, format_report
-    report = evaluate_pipeline(pipe, per_class=args.eval_per_class, seed=1, cfg=1.5, top_k=900, top_p=0.96,
-                               classifier_dir=out / "classifier")
+    report = evaluate_pipeline(pipe, per_class=args.eval_per_class, seed=1, cfg=s.cfg, top_k=s.top_k,
+                               top_p=s.top_p, classifier_dir=out / "classifier")
     print(format_report(report))
     (out / "eval.json").write_text(json.dumps(report, indent=1, default=str))
     print(f"\nquickstart done in {time.time() - t0:.0f}s")

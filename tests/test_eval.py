@@ -207,7 +207,9 @@ class _DataPipe:
 
     def __init__(self, num_classes=10, wrong_shape=False, class_names=tuple(CLASS_NAMES)):
         self.cfg = SimpleNamespace(num_classes=num_classes)
-        self.tokenizer = SimpleNamespace(cfg=SimpleNamespace(image_size=SIZE))
+        # a tokenizer that shrinks the [-1, 1] range by 10%: reconstructions stay recognisable
+        self.tokenizer = SimpleNamespace(cfg=SimpleNamespace(image_size=SIZE), encode=lambda x: x,
+                                         decode=lambda t: 0.9 * t)
         self.class_names = list(class_names)
         self.source = RecolouredShapes(10_000, SIZE, seed=99)
         self.wrong_shape, self.calls = wrong_shape, []
@@ -226,9 +228,15 @@ def test_evaluate_pipeline_scores_a_perfect_generator_near_the_real_floor(clf_di
     assert pipe.calls == [(64, 0), (64, 64), (64, 128), (64, 192)]  # 200 samples, last chunk padded
     assert m["num_samples"] == 200 and m["class_accuracy"] >= 98.0
     assert m["frechet_distance"] < 3 * m["real_frechet_distance"] + 1.0
+    from arjax.eval.real_data import FLOOR_SEED, real_images01
+    x, _ = real_images01(200, SIZE, FLOOR_SEED)
+    want_psnr = -10 * np.log10(np.mean((0.9 * x.astype(np.float64) + 0.05 - x) ** 2))
+    assert m["reconstruction"]["psnr"] == pytest.approx(want_psnr, abs=1e-3)
+    assert m["reconstruction"]["class_accuracy"] >= 95.0
     assert (tmp_path / "samples.png").is_file() and (tmp_path / "eval.json").is_file()
     report = format_report(m)
-    for text in ("class accuracy", "Frechet distance", "real vs real", "red circle", str(tmp_path / "eval.json")):
+    for text in ("class accuracy", "Frechet distance", "real vs real", "red circle", "the ceiling",
+                 str(tmp_path / "eval.json")):
         assert text in report
 
 

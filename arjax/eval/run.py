@@ -45,6 +45,13 @@ def sample_all_classes(pipe, labels, *, seed: int, cfg: float, top_k: int, top_p
     return np.concatenate(chunks)
 
 
+def reconstruct(tokenizer, images01, batch_size: int = 64) -> np.ndarray:
+    """Images in [0, 1] through the tokenizer (encode, decode), back in [0, 1]."""
+    out = [np.asarray(tokenizer.decode(tokenizer.encode(images01[s:s + batch_size] * 2 - 1)), np.float32)
+           for s in range(0, len(images01), batch_size)]
+    return np.clip((np.concatenate(out) + 1) / 2, 0, 1)
+
+
 def evaluate_pipeline(pipe, *, per_class: int, seed: int = 0, cfg: float = 1.5, top_k: int = 900,
                       top_p: float = 0.96, classifier_dir=None, batch_size: int = 64, real_count: int | None = None,
                       out_dir=None, progress: bool = True, log=print) -> dict:
@@ -66,10 +73,16 @@ def evaluate_pipeline(pipe, *, per_class: int, seed: int = 0, cfg: float = 1.5, 
     images = sample_all_classes(pipe, labels, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
                                 batch_size=batch_size, progress=progress)
     real, real_labels = real_images01(real_count or len(labels), size, REFERENCE_SEED, num_classes)
-    floor, _ = real_images01(len(labels), size, FLOOR_SEED, num_classes)
+    floor, floor_labels = real_images01(len(labels), size, FLOOR_SEED, num_classes)
 
     metrics = evaluate_samples(classifier, images, labels, real, real_labels)
     metrics["real_frechet_distance"] = frechet_distance_between(classifier, floor, real)
+    # The tokenizer's ceiling: the same score for its reconstructions of the real images
+    rec = reconstruct(pipe.tokenizer, floor, batch_size)
+    rec_scores = evaluate_samples(classifier, rec, floor_labels, real)
+    metrics["reconstruction"] = {"class_accuracy": rec_scores["class_accuracy"],
+                                 "frechet_distance": rec_scores["frechet_distance"],
+                                 "psnr": float(-10 * np.log10(np.mean(np.square(rec - floor)) + 1e-12))}
     metrics.update({
         "class_names": CLASS_NAMES[:num_classes], "image_size": size, "per_class": per_class,
         "sampling": {"seed": seed, "cfg": cfg, "top_k": top_k, "top_p": top_p},
@@ -104,6 +117,10 @@ def format_report(metrics: dict) -> str:
                      f"(the floor)")
     if "real_class_accuracy" in m:
         lines.append(f"classifier on the real images: {m['real_class_accuracy']:.2f}%")
+    if "reconstruction" in m:
+        r = m["reconstruction"]
+        lines.append(f"tokenizer reconstructions of real images (the ceiling): {r['class_accuracy']:.2f}%, "
+                     f"Frechet distance {r['frechet_distance']:.3f}, PSNR {r['psnr']:.2f} dB")
     names = m.get("class_names") or [f"class {k}" for k in range(len(m["per_class_accuracy"]))]
     lines.append("per class:")
     for k, acc in enumerate(m["per_class_accuracy"]):
