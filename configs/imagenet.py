@@ -37,7 +37,7 @@ def _steps(epochs: float, batch: int) -> int:
 
 
 def _imagenet_data(c: ml_collections.ConfigDict) -> None:
-    c.data = ml_collections.ConfigDict(dict(name="folder", augment=True,
+    c.data = ml_collections.ConfigDict(dict(name="folder", augment=True, cache_tokens=False,
                                             kwargs=ml_collections.ConfigDict(dict(root="/data/imagenet/train"))))
     c.sample.preview_classes = 8  # previews of classes 0..7; `arjax sample --classes` for others
     c.log_every, c.sample_every = 100, 5000

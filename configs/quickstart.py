@@ -21,7 +21,7 @@ def common(task: str) -> ml_collections.ConfigDict:
     c.ema_decay = 0.0
     c.show_metrics = ("loss",)
     c.data = ml_collections.ConfigDict(dict(
-        name="synthetic", augment=False,
+        name="synthetic", augment=False, cache_tokens=False,
         kwargs=ml_collections.ConfigDict(dict(num_examples=50_000, seed=0))))  # images at the model's size
     c.optim = ml_collections.ConfigDict(dict(
         base_lr=8e-3, warmup_steps=50, wp0=0.005, wpe=0.01, schedule="lin0", weight_decay=0.05,

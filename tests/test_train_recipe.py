@@ -161,3 +161,24 @@ def test_bf16_compute_stays_close_to_float32_and_trains(tmp_path, tiny_tokenizer
               progress=False)
     losses = [h["loss"] for h in s["history"]]
     assert s["finished"] and np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_token_cache_is_built_once_and_holds_the_tokenizer_codes(tmp_path, tiny_tokenizer):
+    import arjax
+    from arjax.data import SyntheticShapes, TokenCache
+    from arjax.train.trainer import train
+    extra = ["data.cache_tokens=True", "data.kwargs.num_examples=24"]
+    (tmp_path / "run" / "token_cache.tmp").mkdir(parents=True)  # debris of a run killed while encoding
+    s = train(_var_cfg(tiny_tokenizer, 4, extra), tmp_path / "run", progress=False)
+    assert s["finished"] and np.isfinite(s["metrics"]["loss"])
+    cache = TokenCache(tmp_path / "run" / "token_cache")
+    assert len(cache) == 24 and not (tmp_path / "run" / "token_cache.tmp").exists()
+    tok = arjax.load_tokenizer(tiny_tokenizer)
+    source = SyntheticShapes(24, tok.cfg.image_size, seed=0)
+    images = np.stack([source[i]["image"] for i in range(24)]).astype(np.float32) / 127.5 - 1
+    np.testing.assert_array_equal(np.stack([cache[i]["tokens"] for i in range(24)]), np.asarray(tok.encode(images)))
+    assert [int(cache[i]["label"]) for i in range(24)] == [i % 10 for i in range(24)]
+    # a longer run in the same workdir (resume) reads the same cache instead of encoding again
+    mtime = (tmp_path / "run" / "token_cache" / "metadata.json").stat().st_mtime_ns
+    train(_var_cfg(tiny_tokenizer, 4, extra), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "token_cache" / "metadata.json").stat().st_mtime_ns == mtime

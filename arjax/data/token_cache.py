@@ -94,3 +94,37 @@ class TokenCache:
         label = np.frombuffer(raw, "<i4", count=1)[0]
         tokens = np.frombuffer(raw, self._token_dtype, offset=_LABEL_BYTES)
         return {"tokens": tokens.astype(np.int32), "label": np.int32(label)}
+
+
+def encode_to_cache(path: str | os.PathLike, source, encode, *, image_size: int, vocab: int,
+                    batch_size: int = 64, augment: bool = True, progress: bool = True) -> TokenCache:
+    """Encode every image of `source` once with `encode` ((B, S, S, 3) in [-1, 1] -> (B, L) ints) and
+    return the cache at `path`; a complete cache already there is reused. Images get the evaluation
+    preprocessing (VAR's resize + centre crop, or just fitting to S with augment=False; never a
+    random crop or flip): the cache trades augmentation for speed.
+
+    Written to a sibling temporary directory and renamed into place, so a kill mid-way leaves either
+    no cache or a complete one."""
+    from tqdm.auto import tqdm
+
+    from arjax.data.pipeline import make_dataset
+    path = Path(path)
+    if (path / METADATA).is_file():
+        return TokenCache(path)
+    tokens, labels = [], []
+    batches = make_dataset(source, image_size=image_size, batch_size=batch_size, seed=0, train=False,
+                           augment=augment)
+    total = -(-len(source) // batch_size)
+    for batch in tqdm(batches, total=total, desc="encoding tokens", unit="batch", disable=not progress):
+        images, n = batch["image"], len(batch["label"])
+        if n < batch_size:  # pad the last batch: one compiled shape
+            images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), images.dtype)])
+        tokens.append(np.asarray(encode(images))[:n])
+        labels.append(np.asarray(batch["label"]))
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        import shutil
+        shutil.rmtree(tmp)
+    write_token_cache(tmp, np.concatenate(tokens), np.concatenate(labels), vocab=vocab)
+    os.replace(tmp, path)
+    return TokenCache(path)

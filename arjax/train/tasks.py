@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from arjax.data.token_cache import TokenCache, encode_to_cache
 from arjax.nn.discriminator import DiscriminatorConfig, PatchDiscriminator
 from arjax.nn.init import abstract_module, create
 from arjax.nn.lpips import load_lpips, lpips_distance
@@ -74,6 +75,11 @@ class TokenizerTask:
 
     def phase(self, step: int) -> None:
         return None
+
+    def prepare_source(self, source, workdir, progress: bool):
+        if self.cfg.data.cache_tokens:
+            raise ValueError("data.cache_tokens applies to VAR training, not to the tokenizer")
+        return source
 
     def loss(self, params, extra, consts, batch, key, step, phase=None):
         del key, phase
@@ -180,6 +186,17 @@ class VARTask:
 
     def constants(self):
         return {"tokenizer": self.tok_params}
+
+    def prepare_source(self, source, workdir, progress: bool):
+        """With data.cache_tokens, images are encoded once into workdir/token_cache and training reads
+        tokens (no encoder in the step; no crop/flip augmentation)."""
+        if not self.cfg.data.cache_tokens or isinstance(source, TokenCache):
+            return source
+        params, gd = self.tok_params, self.tok_graphdef
+        encode = jax.jit(lambda x: nnx.merge(gd, params).encode(x))
+        return encode_to_cache(workdir / "token_cache", source, encode, image_size=self.image_size,
+                               vocab=self.tok_cfg.vocab_size, batch_size=self.cfg.batch_size,
+                               augment=self.cfg.data.augment, progress=progress)
 
     def phase(self, step: int) -> int:
         """The progressive-training stage (index of the last scale trained) at `step`."""

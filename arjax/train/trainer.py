@@ -87,6 +87,7 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
         source_kwargs.setdefault("image_size", task.image_size)
     source = make_source(cfg.data.name, **source_kwargs)
     class_names = list(getattr(source, "class_names", None) or []) or None
+    source = task.prepare_source(source, workdir, progress)
     dataset = make_dataset(source, image_size=task.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
                            train=True, augment=cfg.data.augment)
     data_iter = iter(dataset)
