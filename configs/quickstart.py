@@ -35,7 +35,8 @@ def common(task: str) -> ml_collections.ConfigDict:
 def get_config(arg: str = "var") -> ml_collections.ConfigDict:
     if arg == "tokenizer":
         c = common("tokenizer")
-        c.steps = 600
+        c.steps, c.batch_size = 600, 16
+        c.optim.base_lr = 16e-3  # peak 1e-3 at batch 16
         c.show_metrics = ("loss", "psnr", "usage")
         c.tokenizer = ml_collections.ConfigDict(dict(
             vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, using_sa=False,
@@ -48,11 +49,17 @@ def get_config(arg: str = "var") -> ml_collections.ConfigDict:
         return c
     if arg == "var":
         c = common("var")
-        c.steps = 1500
+        # Sized for ~10 min on 2 CPU cores. At that budget a small model for many steps did best
+        # (measured 2026-11-24: d3/w128 x 1500 steps 85-89% class accuracy, d4/w256 x 450 steps 76-79%).
+        c.steps = 1800
+        c.optim.base_lr = 32e-3  # peak 4e-3 at batch 32
         c.show_metrics = ("loss", "acc_mean")
         c.tokenizer_dir = "runs/quickstart/tokenizer/model"
+        c.data.cache_tokens = True  # encode the images once; the step then reads tokens
+        c.data.kwargs.num_examples = 12_000
+        c.sample.cfg = 4.0  # measured better class fidelity and Frechet distance than 1.5 for these small models
         c.model = ml_collections.ConfigDict(dict(
-            depth=4, embed_dim=256, num_heads=4, mlp_ratio=4.0, num_classes=10, norm_eps=1e-6, shared_aln=False,
+            depth=3, embed_dim=128, num_heads=2, mlp_ratio=4.0, num_classes=10, norm_eps=1e-6, shared_aln=False,
             attn_l2_norm=True, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, attn_impl="auto",
             dtype="float32"))
         c.loss = ml_collections.ConfigDict(dict(class_dropout=0.1, label_smoothing=0.0))

@@ -12,7 +12,7 @@ CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.py")
 
 def test_quickstart_glue(tmp_path, capsys):
     args = ["quickstart", "--out", str(tmp_path), "--config", CONFIG, "--set-tokenizer", "steps=3",
-            "--set-var", "steps=3", "--eval-per-class", "2"]
+            "--set-var", "steps=3", "--set-var", "data.kwargs.num_examples=64", "--eval-per-class", "2"]
     assert cli.main(args) == 0
     grid = Image.open(tmp_path / "samples.png")
     assert grid.size[1] > 10 * 96  # ten labelled rows of enlarged 32 px samples

@@ -21,7 +21,8 @@ TINY_TOKENIZER = ["tokenizer.ch_mult=(1,2)", "tokenizer.patch_nums=(1,2,4)", "to
                   "tokenizer.z_channels=8", "batch_size=4", "log_every=1", "sample_every=0",
                   "sample.preview_classes=2", "sample.preview_per_class=1", "optim.warmup_steps=1"]
 TINY_VAR = ["model.depth=1", "model.embed_dim=32", "model.num_heads=2", "batch_size=4", "log_every=1",
-            "sample_every=0", "sample.preview_classes=2", "sample.preview_per_class=1", "optim.warmup_steps=2"]
+            "sample_every=0", "sample.preview_classes=2", "sample.preview_per_class=1", "optim.warmup_steps=2",
+            "data.kwargs.num_examples=64"]
 
 
 # ---- progressive stages ----------------------------------------------------------------------------

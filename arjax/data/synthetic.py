@@ -109,6 +109,11 @@ CLASSES = (
 )
 CLASS_NAMES = [name for name, _, _ in CLASSES]
 
+# Format version: bump it whenever the bytes of any image change (cached classifiers are keyed by it).
+# v2: radius from 0.22 (was 0.16) of the image size; at 32 px a 5 px triangle or star was a blob
+# even in the tokenizer's reconstructions, so "recognisable samples" could not be judged fairly.
+FORMAT_VERSION = 2
+RADIUS_RANGE = (0.22, 0.36)  # shape radius as a fraction of the image size
 _SHAPE_EXTENT = 1.12  # every shape fits in radius 1.12 of its local frame
 _MIN_CONTRAST = 110.0  # least RGB distance between the shape colour and any background pixel
 
@@ -193,7 +198,7 @@ class SyntheticShapes:
         rng = np.random.default_rng([self.seed, index])
         size = self.image_size
         # Draw order is part of the format: changing it changes every image.
-        radius = size * rng.uniform(0.16, 0.36)
+        radius = size * rng.uniform(*RADIUS_RANGE)
         margin = radius * _SHAPE_EXTENT
         cx, cy = rng.uniform(margin, size - margin, 2)
         cos, sin = _random_unit_vector(rng)

@@ -33,6 +33,7 @@ from flax import nnx
 
 from arjax.eval.augment import augment, noise_bank
 from arjax.eval.real_data import CLASSIFIER_HELDOUT_SEED, CLASSIFIER_TRAIN_SEED, NUM_CLASSES, real_uint8
+from arjax.data.synthetic import FORMAT_VERSION
 from arjax.data.transforms import to_pm1
 from arjax.eval.recoloured import recoloured_uint8
 from arjax.nn.init import abstract_params, create
@@ -260,11 +261,11 @@ def default_cache_dir() -> Path:
 
 def classifier_path(image_size: int, cache_dir=None) -> Path:
     """Where the `image_size` px classifier lives: `cache_dir` itself when it holds one, else a
-    subdirectory shapes_{S}px of it (default cache: $ARJAX_CACHE/classifiers or ~/.cache/arjax/classifiers)."""
+    subdirectory shapes_v{dataset format}_{S}px of it (default cache: $ARJAX_CACHE/classifiers or ~/.cache/arjax/classifiers)."""
     cache = Path(cache_dir or default_cache_dir()).expanduser()
     if (cache / checkpoint.META_FILE).is_file():
         return cache
-    return cache / f"shapes_{int(image_size)}px"
+    return cache / f"shapes_v{FORMAT_VERSION}_{int(image_size)}px"
 
 
 def get_classifier(image_size: int, cache_dir=None, *, steps: int = 1500, log=print) -> Classifier:

@@ -24,7 +24,7 @@ class RecolouredShapes(SyntheticShapes):
         colour = np.asarray(CLASSES[colour_class][2], np.float64)
         rng = np.random.default_rng([self.seed, index])
         size = self.image_size
-        radius = size * rng.uniform(0.16, 0.36)
+        radius = size * rng.uniform(*synthetic.RADIUS_RANGE)
         margin = radius * synthetic._SHAPE_EXTENT
         cx, cy = rng.uniform(margin, size - margin, 2)
         cos, sin = synthetic._random_unit_vector(rng)
