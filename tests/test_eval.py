@@ -98,7 +98,7 @@ def test_recoloured_images_with_matching_classes_are_the_dataset_images():
 
 @pytest.fixture(scope="module")
 def clf_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("classifier") / f"shapes_{SIZE}px"
+    out = classifier_module.classifier_path(SIZE, tmp_path_factory.mktemp("classifier"))  # the cache layout
     train_classifier(SIZE, steps=1000, batch_size=32, seed=0, out_dir=out)
     return out
 
