@@ -117,13 +117,25 @@ def _tiny_cfg(steps, extra=()):
 
 
 def test_training_steps_lower_the_loss(tmp_path):
+    """Per-batch training losses are noisy at batch 8, so judge on one fixed batch of 32 images:
+    the trained tokenizer reaches less than 75% of the initial model's loss on them (measured 68%)."""
+    from flax import nnx
+    from arjax.data import SyntheticShapes
+    from arjax.train.tasks import TokenizerTask
     from arjax.train.trainer import train
-    s = train(_tiny_cfg(40, ["optim.warmup_steps=5"]), tmp_path / "run", progress=False)
-    losses = [h["loss"] for h in s["history"]]
-    assert s["finished"] and len(losses) == 40
-    assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5])
+    cfg = _tiny_cfg(40, ["optim.warmup_steps=5", "optim.base_lr=8e-3"])
+    s = train(cfg, tmp_path / "run", progress=False)
+    assert s["finished"] and len(s["history"]) == 40
     import arjax.train.checkpoint as ck
     assert ck.read_meta(s["model_dir"])["family"] == "msvq"
+    task = TokenizerTask(cfg)
+    source = SyntheticShapes(32, task.image_size, seed=123)
+    x = jnp.asarray(np.stack([source[i]["image"] for i in range(32)]), jnp.float32) / 127.5 - 1
+    consts, extra, key = task.constants(), task.init_extra(), jax.random.key(0)
+    trained = _params_tree(tmp_path / "run")
+    before, after = (float(task.loss(p, extra, consts, {"image": x}, key, jnp.asarray(0))[0])
+                     for p in (task.init_params(cfg.seed), trained))
+    assert after < 0.75 * before, (before, after)
 
 
 def _run_cli(workdir, steps, env_extra=None):
@@ -134,13 +146,17 @@ def _run_cli(workdir, steps, env_extra=None):
                             env={**os.environ, **(env_extra or {})})
 
 
-def _params(workdir):
+def _params_tree(workdir):
     from arjax.nn.tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
     from arjax.nn.init import abstract_params
     import arjax.train.checkpoint as ck
     meta = ck.read_meta(workdir / "model")
-    p = ck.load_params(workdir / "model", {"tokenizer": abstract_params(MultiScaleVQVAE, VQVAEConfig(**meta["tokenizer"]))})
-    return jax.tree.leaves(p)
+    abstract = {"tokenizer": abstract_params(MultiScaleVQVAE, VQVAEConfig(**meta["tokenizer"]))}
+    return ck.load_params(workdir / "model", abstract)["tokenizer"]
+
+
+def _params(workdir):
+    return jax.tree.leaves(_params_tree(workdir))
 
 
 def test_sigkill_then_rerun_reaches_the_same_parameters(tmp_path):
