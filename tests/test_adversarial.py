@@ -72,6 +72,8 @@ def test_tokenizer_trains_with_discriminator(tmp_path):
     assert RunCheckpointer(tmp_path / "run" / "checkpoints").latest_step() == 6
 
 
-def test_perceptual_loss_needs_its_weight_files():
-    with pytest.raises((ValueError, FileNotFoundError), match="lpips"):
+def test_perceptual_loss_needs_its_weight_files_and_16px():
+    with pytest.raises(ValueError, match="loss.lpips_vgg"):
         _task(["loss.perceptual=1.0"])
+    with pytest.raises(ValueError, match="at least 16 px"):  # the tiny tokenizer makes 8 px images
+        _task(["loss.perceptual=1.0", "loss.lpips_vgg=a.pth", "loss.lpips_lin=b.pth"])

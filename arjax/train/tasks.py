@@ -54,6 +54,9 @@ class TokenizerTask:
             raise ValueError("loss.perceptual > 0 needs the LPIPS weights: set loss.lpips_vgg (torchvision "
                              "vgg16-397923af.pth) and loss.lpips_lin (lpips weights/v0.1/vgg.pth), or "
                              "loss.perceptual=0")
+        if cfg.loss.perceptual > 0 and self.image_size < 16:  # VGG pools 4 times before its last tap
+            raise ValueError(f"loss.perceptual needs images of at least 16 px; this tokenizer makes "
+                             f"{self.image_size} px")
         self.lpips = load_lpips(cfg.loss.lpips_vgg, cfg.loss.lpips_lin) if cfg.loss.perceptual > 0 else None
 
     def init_params(self, seed: int):
