@@ -192,9 +192,11 @@ class SyntheticShapes:
         label = index % self.num_classes
         return {"image": self.render(index, label), "label": np.int32(label)}
 
-    def render(self, index: int, label: int) -> np.ndarray:
-        _, inside, colour = CLASSES[label]
-        colour = np.asarray(colour, np.float64)
+    def render(self, index: int, label: int, colour_label: int | None = None) -> np.ndarray:
+        """Example `index` of class `label`; `colour_label` paints it in another class's colour
+        (the evaluation's recoloured images) with the same draws."""
+        inside = CLASSES[label][1]
+        colour = np.asarray(CLASSES[label if colour_label is None else colour_label][2], np.float64)
         rng = np.random.default_rng([self.seed, index])
         size = self.image_size
         # Draw order is part of the format: changing it changes every image.

@@ -5,14 +5,13 @@ class from its colour alone, and would then pass a generator that paints the rig
 wrong shape. The evaluation classifier also learns these mismatched images as a "none of the
 classes" output, which makes it check the shape as well.
 
-Rendering follows `SyntheticShapes.render` draw for draw (a test pins that matching classes give
-its exact bytes), with the colour taken from `colour_class`.
+Rendering is `SyntheticShapes.render` with the colour taken from `colour_class` (same draws, so
+matching classes give the dataset's exact bytes).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from arjax.data import synthetic
 from arjax.data.synthetic import CLASSES, SyntheticShapes
 
 
@@ -20,19 +19,7 @@ class RecolouredShapes(SyntheticShapes):
     """`render_pair(index, shape_class, colour_class)` -> uint8 (S, S, 3)."""
 
     def render_pair(self, index: int, shape_class: int, colour_class: int) -> np.ndarray:
-        inside = CLASSES[shape_class][1]
-        colour = np.asarray(CLASSES[colour_class][2], np.float64)
-        rng = np.random.default_rng([self.seed, index])
-        size = self.image_size
-        radius = size * rng.uniform(*synthetic.RADIUS_RANGE)
-        margin = radius * synthetic._SHAPE_EXTENT
-        cx, cy = rng.uniform(margin, size - margin, 2)
-        cos, sin = synthetic._random_unit_vector(rng)
-        c0, c1 = synthetic._background_colours(rng, colour)
-        gx, gy = synthetic._random_unit_vector(rng)
-        image = self._gradient(c0, c1, gx, gy)
-        self._paint_shape(image, inside, colour, cx, cy, radius, cos, sin)
-        return (np.clip(image, 0.0, 255.0) + 0.5).astype(np.uint8)
+        return self.render(index, shape_class, colour_class)
 
 
 def mismatched_pairs(count: int, num_classes: int, seed: int) -> np.ndarray:

@@ -73,9 +73,6 @@ class TokenizerTask:
     def constants(self):
         return {"lpips": self.lpips[1]} if self.lpips else {}
 
-    def _adv_on(self, step):
-        return (step >= self.cfg.disc.start).astype(jnp.float32)
-
     def phase(self, step: int) -> None:
         return None
 
@@ -102,7 +99,7 @@ class TokenizerTask:
         if self.use_disc:
             fake_logits = nnx.merge(self.disc_graphdef, extra["disc"])(rec)
             metrics["adv"] = generator_adv_loss(fake_logits, self.cfg.disc.loss)
-            loss = loss + self.cfg.disc.weight * self._adv_on(step) * metrics["adv"]
+            loss = loss + jnp.where(step >= self.cfg.disc.start, self.cfg.disc.weight, 0.0) * metrics["adv"]
         counts = jnp.zeros((self.model_cfg.vocab_size,), jnp.float32)
         for idx in idx_list:
             counts = counts.at[idx.reshape(-1)].add(1.0)
