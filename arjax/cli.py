@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,11 +67,15 @@ def sample_grid(checkpoint, classes, per_class, out, *, cfg, top_k, top_p, seed,
 
 
 def cmd_train(args) -> dict:
+    from arjax import parallel
+    # before anything touches a device: a multi-process run must be joined first
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     from arjax.config import load_config
     from arjax.train.trainer import train
     cfg = load_config(args.config, args.set)
     summary = train(cfg, args.workdir)
-    _print_summary(summary)
+    if parallel.is_main_process():
+        _print_summary(summary)
     return summary
 
 
@@ -187,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True, help="e.g. configs/quickstart.py:tokenizer")
     t.add_argument("--workdir", required=True, help="run directory; an existing one is resumed")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    t.add_argument("--coordinator", default=None, help="multi-process GPU/CPU: host:port of process 0 "
+                   "(or $ARJAX_COORDINATOR; TPU pods need none of these three)")
+    t.add_argument("--num-processes", type=int, default=None, help="or $ARJAX_NUM_PROCESSES")
+    t.add_argument("--process-id", type=int, default=None, help="or $ARJAX_PROCESS_ID")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="classifier accuracy and Frechet distance on the built-in dataset")
@@ -212,12 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from arjax.train.losses import NonFiniteLoss
+    from arjax.train.trainer import PeerFailure
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
     except NonFiniteLoss as e:
         print(f"arjax {args.command}: stopped: {e}", file=sys.stderr)
         return 3
+    except PeerFailure as e:
+        sys.stdout.flush()
+        print(f"\narjax {args.command}: stopped: {e}", file=sys.stderr, flush=True)
+        os._exit(4)  # skip jax.distributed's shutdown barrier: it would wait for the dead process
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as e:
         print(f"arjax {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -27,6 +27,8 @@ def common(task: str) -> ml_collections.ConfigDict:
         base_lr=8e-3, warmup_steps=50, wp0=0.005, wpe=0.01, schedule="lin0", weight_decay=0.05,
         weight_decay_end=0.0, b1=0.9, b2=0.95, grad_clip=2.0))  # weight_decay_end 0: constant (cosine otherwise)
     c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=2))
+    # device mesh (arjax.parallel): batch over data x fsdp, FSDP-sharded state; -1 = remaining devices
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.sample = ml_collections.ConfigDict(dict(cfg=1.5, top_k=900, top_p=0.96, preview_classes=10,
                                               preview_per_class=4))
     return c

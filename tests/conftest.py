@@ -48,3 +48,43 @@ def var_tiny_pipe(var_tiny_dir):
 
 def nhwc(x):
     return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))
+
+
+# ---- multi-device / multi-process tests (tests/multidevice_worker.py in fresh processes) -----------
+WORKER = REPO / "tests" / "multidevice_worker.py"
+
+
+def worker_env(devices: int, **extra) -> dict:
+    """A fresh process with `devices` fake CPU devices (XLA reads the flag once, at start-up)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env.pop("ARJAX_COORDINATOR", None)
+    return {**env, **{k: str(v) for k, v in extra.items()}}
+
+
+@pytest.fixture(scope="session")
+def run_worker():
+    import subprocess
+    import sys
+
+    def run(args, devices, **env):
+        r = subprocess.run([sys.executable, str(WORKER), *map(str, args)], env=worker_env(devices, **env),
+                           capture_output=True, text=True, timeout=900)
+        if r.returncode:
+            raise AssertionError(f"worker {args} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+        return r
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory, run_worker) -> Path:
+    out = tmp_path_factory.mktemp("tiny_tok") / "model"
+    run_worker(["tokenizer", out], devices=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, tiny_tokenizer_dir, run_worker) -> Path:
+    """The tiny VAR trained 4 steps on one device: what every mesh and process layout must reproduce."""
+    wd = tmp_path_factory.mktemp("reference_1dev")
+    run_worker(["train", wd, tiny_tokenizer_dir, 1, 1, 1], devices=1)
+    return wd

@@ -100,15 +100,34 @@ def _indices(ds):
     return [int(t) for b in ds for t in b["tokens"][:, 0]]
 
 
-def test_process_slices_are_disjoint_and_cover_the_data():
+def test_evaluation_slices_by_process_are_disjoint_and_cover_the_data():
     slices = [list(process_shard(103, p, 2)) for p in range(2)]
     assert not set(slices[0]) & set(slices[1])
     assert sorted(slices[0] + slices[1]) == list(range(103))
-    seen = [_indices(make_dataset(IndexSource(103), batch_size=1, seed=5, num_epochs=1,
+    seen = [_indices(make_dataset(IndexSource(103), batch_size=1, seed=5, train=False,
                                   process_index=p, process_count=2)) for p in range(2)]
-    assert [sorted(s) for s in seen] == [sorted(s) for s in slices]
+    assert seen == slices
     with pytest.raises(ValueError, match="process_index"):
         process_shard(10, 2, 2)
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_training_processes_read_their_rows_of_the_single_process_global_batch(processes):
+    """Process p's batch s is rows [p B, (p+1) B) of the one-process batch s: the global batch does not
+    depend on how many processes read it (what a run moving between process counts relies on)."""
+    local = 3
+    single = [b["tokens"][:, 0].tolist() for b in
+              make_dataset(IndexSource(40), batch_size=local * processes, seed=7, num_epochs=2)]
+    per_process = [[b["tokens"][:, 0].tolist() for b in
+                    make_dataset(IndexSource(40), batch_size=local, seed=7, num_epochs=2,
+                                 process_index=p, process_count=processes)] for p in range(processes)]
+    assert all(len(rows) == len(single) for rows in per_process)
+    joined = [sum((per_process[p][s] for p in range(processes)), []) for s in range(len(single))]
+    assert joined == single
+    # resuming at a position (what a change of process count does) continues the same stream
+    later = make_dataset(IndexSource(40), batch_size=local, seed=7, num_epochs=2, process_index=1,
+                         process_count=processes, start_position=2 * local)
+    assert [b["tokens"][:, 0].tolist() for b in later] == per_process[1][2:]
 
 
 def test_each_epoch_is_a_new_permutation_fixed_by_the_seed():

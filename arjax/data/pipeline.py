@@ -1,7 +1,13 @@
 """make_dataset: any source -> a checkpointable grain IterDataset of batches.
 
-    shard by process -> shuffle (reshuffled every epoch) -> repeat -> read + decode + augment
-    -> drop unreadable -> batch -> uint8 to float32 [-1, 1]
+    shuffle (reshuffled every epoch) -> repeat -> this process's rows of each global batch
+    -> read + decode + augment -> drop unreadable -> batch -> uint8 to float32 [-1, 1]
+
+Training streams are cut by global batch: with P processes and a global batch of P x B, process p
+reads rows [p B, (p + 1) B) of every global batch of one shared shuffled stream. The global batch
+at step s is therefore the same whatever the number of processes (unless unreadable images shift a
+process's rows), which is what lets a run move between 1 and N processes. Evaluation passes stride
+the source by process instead.
 
 Everything up to the batch is a grain MapDataset, so an element is a pure function of its position
 in the stream; the iterator's state is therefore just a position (`it.get_state()`), and a restored
@@ -38,6 +44,24 @@ def process_shard(num_examples: int, process_index: int, process_count: int) -> 
     return shard
 
 
+@dataclasses.dataclass(frozen=True)
+class _GlobalRows:
+    """Local stream position -> (global stream position, source index) for one process's rows."""
+    order: grain.MapDataset
+    local_batch: int
+    process_index: int
+    process_count: int
+
+    def __call__(self, i: int) -> tuple[int, int]:
+        b = self.local_batch
+        g = (i // b) * b * self.process_count + self.process_index * b + i % b
+        return g, self.order[g]
+
+
+def _with_position(position: int, index: int) -> tuple[int, int]:
+    return position, index
+
+
 def _holds_tokens(source) -> bool:
     return "tokens" in source[0]
 
@@ -52,7 +76,8 @@ class _LoadExample:
     augment: bool
     examples_per_epoch: int
 
-    def __call__(self, position: int, index: int) -> dict | None:
+    def __call__(self, position_and_index: tuple[int, int]) -> dict | None:
+        position, index = position_and_index
         record = self.source[index]
         label = np.int32(record["label"])
         if "tokens" in record:
@@ -77,7 +102,8 @@ def _images_to_pm1(batch: dict) -> dict:
 
 def make_dataset(source, *, image_size: int | None = None, batch_size: int, seed: int, train: bool = True,
                  process_index: int = 0, process_count: int = 1, num_epochs: int | None = None,
-                 augment: bool = True, read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+                 augment: bool = True, read_options: grain.ReadOptions | None = None,
+                 start_position: int = 0) -> grain.IterDataset:
     """Batches {"image": float32 (B, S, S, 3) in [-1, 1], "label": int32 (B,)} from an image source,
     or {"tokens": int32 (B, L), "label": int32 (B,)} from a TokenCache.
 
@@ -85,7 +111,10 @@ def make_dataset(source, *, image_size: int | None = None, batch_size: int, seed
       Otherwise: source order, resize + centre crop, keep the last partial batch.
     num_epochs: None means endless for training and one pass for evaluation.
     augment=False: no crop/flip; images already S x S pass untouched (the synthetic source).
-    process_index / process_count: pass jax.process_index() / jax.process_count().
+    process_index / process_count: pass jax.process_index() / jax.process_count(); batch_size is then
+      this process's share of the global batch.
+    start_position: skip this many examples of this process's stream (to resume without a saved
+      iterator state, e.g. after a change of process count: steps x batch_size).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
@@ -97,12 +126,16 @@ def make_dataset(source, *, image_size: int | None = None, batch_size: int, seed
     if not tokens and (image_size is None or image_size < 1):
         raise ValueError(f"image sources need a positive image_size; got {image_size}")
 
-    ds = process_shard(len(source), process_index, process_count)
-    examples_per_epoch = len(ds)
     if train:
-        ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs if num_epochs is not None or train else 1)  # reseeds the shuffle per epoch
-    ds = ds.map_with_index(_LoadExample(source, image_size, seed, train, augment, examples_per_epoch))
+        order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(num_epochs)  # reseeds per epoch
+        rows = _GlobalRows(order, batch_size, process_index, process_count)
+        ds = grain.MapDataset.range(len(order) // (batch_size * process_count) * batch_size).map(rows)  # whole global batches
+        examples_per_epoch = len(source)
+    else:
+        ds = process_shard(len(source), process_index, process_count)
+        ds = ds.repeat(num_epochs or 1).map_with_index(_with_position)
+        examples_per_epoch = len(ds)
+    ds = ds[start_position:].map(_LoadExample(source, image_size, seed, train, augment, examples_per_epoch))
     ds = ds.to_iter_dataset(read_options or grain.ReadOptions())  # drops the Nones of unreadable images
     ds = ds.batch(batch_size, drop_remainder=train)
     return ds if tokens else ds.map(_images_to_pm1)

@@ -27,6 +27,8 @@ def save_model(directory, meta: dict, params) -> Path:
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(target, params)
     ckptr.wait_until_finished()
+    if jax.process_index() != 0:  # the parameters are written by all processes, the metadata by one
+        return directory
     tmp = directory / (META_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
     os.replace(tmp, directory / META_FILE)  # the metadata file appears last: its presence means complete
@@ -43,11 +45,17 @@ def read_meta(directory) -> dict:
     return json.loads(path.read_text())
 
 
+def _restore_target(abstract):
+    """ShapeDtypeStructs with a sharding on every leaf: the leaf's own, else this process's first device
+    (orbax needs a target layout to restore a checkpoint written by another device count)."""
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or here),
+                        abstract)
+
+
 def load_params(directory, abstract_params):
     """Restore the params tree onto the structure, dtypes and shardings of `abstract_params`."""
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        abstract_params)
+    target = _restore_target(abstract_params)
     path = Path(directory).absolute() / PARAMS_DIR
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is missing: the model directory is incomplete")
@@ -72,6 +80,11 @@ class RunCheckpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def data_process_count(self, step: int) -> int | None:
+        """How many processes saved the data iterator of `step` (grain writes one file per process)."""
+        files = list((self.directory / str(step) / "data").glob("process_*-of-*.json"))
+        return int(files[0].stem.rsplit("-of-", 1)[1]) if files else None
+
     def save(self, step: int, state, data_iterator=None) -> None:
         import grain
         items = {"state": ocp.args.StandardSave(state)}
@@ -83,10 +96,7 @@ class RunCheckpointer:
         """Restore `step` (default: latest) onto `abstract_state`; the iterator is restored in place."""
         import grain
         step = self.latest_step() if step is None else step
-        target = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-            abstract_state)
-        items = {"state": ocp.args.StandardRestore(target)}
+        items = {"state": ocp.args.StandardRestore(_restore_target(abstract_state))}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]

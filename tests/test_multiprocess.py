@@ -1,0 +1,95 @@
+"""Two processes x 4 fake CPU devices over loopback (gloo collectives), started by launch/local.py: they
+train like one process on one device, their checkpoint restores in one process with 8 devices and in
+one with 1 device (data iterator included), and a killed process makes the other fail fast; rerunning
+resumes from the last checkpoint."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, WORKER, worker_env
+
+LAUNCHER = REPO / "launch" / "local.py"
+
+
+def _launch(args, processes=2, devices=4, timeout=900):
+    env = worker_env(1)
+    r = subprocess.run([sys.executable, str(LAUNCHER), "--processes", str(processes), "--devices", str(devices),
+                        "--", sys.executable, str(WORKER), *map(str, args)], env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    return r
+
+
+def _losses(workdir):
+    return [h["loss"] for h in json.loads((workdir / "summary.json").read_text())["history"]]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, tiny_tokenizer_dir):
+    wd = tmp_path_factory.mktemp("two_processes")
+    r = _launch(["train", wd, tiny_tokenizer_dir, 2, 4, 1])
+    assert r.returncode == 0, r.stderr[-5000:]
+    return wd
+
+
+def test_two_processes_train_like_one_device(two_process_run, reference_run):
+    np.testing.assert_allclose(_losses(two_process_run), _losses(reference_run), rtol=2e-5)
+    report = json.loads((two_process_run / "sharding.json").read_text())
+    assert report["bytes_per_device"] < report["bytes_total"] / 2  # FSDP over 4 devices per process
+
+
+@pytest.mark.parametrize("devices,mesh", [(8, (1, 8, 1)), (1, (1, 1, 1))])
+def test_checkpoint_restores_on_another_device_count(devices, mesh, two_process_run, reference_run, tiny_tokenizer_dir,
+                                                     run_worker, tmp_path):
+    got, want = tmp_path / "got.npz", tmp_path / "want.npz"
+    run_worker(["restore", two_process_run, tiny_tokenizer_dir, *mesh, got], devices=devices)
+    run_worker(["restore", reference_run, tiny_tokenizer_dir, 1, 1, 1, want], devices=1)
+    with np.load(got) as g, np.load(want) as w:
+        assert int(g["step"]) == int(w["step"]) == 4
+        # the data iterator (saved by 2 processes, repositioned here) yields the batch the 1-process run would
+        np.testing.assert_array_equal(g["next_tokens"], w["next_tokens"])
+        state = [k for k in w.files if k.startswith("state/")]
+        assert any("opt_state" in k for k in state) and set(state) == {k for k in g.files if k.startswith("state/")}
+        for k in state:
+            np.testing.assert_allclose(g[k], w[k], rtol=1e-4, atol=2e-5, err_msg=k)
+
+
+@pytest.mark.slow  # ~1.5 min: 60 steps, a kill, and the rerun
+def test_a_killed_process_stops_the_other_and_a_rerun_resumes(tmp_path, tiny_tokenizer_dir):
+    wd = tmp_path / "run"
+    args = [sys.executable, str(WORKER), "train", wd, tiny_tokenizer_dir, 2, 4, 1, 60]
+    env = {"ARJAX_COORDINATOR": f"127.0.0.1:{_free_port()}", "ARJAX_NUM_PROCESSES": 2}
+    procs = [subprocess.Popen(list(map(str, args)), env=worker_env(4, ARJAX_PROCESS_ID=i, **env),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        deadline = time.time() + 600
+        while not (wd / "checkpoints" / "2").is_dir():
+            assert time.time() < deadline and procs[0].poll() is None, "no checkpoint appeared"
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGKILL)
+        t_kill = time.time()
+        out, _ = procs[0].communicate(timeout=180)  # a hang fails here
+        waited = time.time() - t_kill
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[0].returncode != 0
+    # ours (a collective failed) or JAX's (the coordination service saw the heartbeat stop)
+    assert "another process of this run failed" in out or "another task died" in out, out[-3000:]
+    assert waited < 120
+    # the same command on both processes resumes from the last complete checkpoint and finishes
+    r = _launch(["train", wd, tiny_tokenizer_dir, 2, 4, 1, 60])
+    assert r.returncode == 0, r.stderr[-5000:]
+    assert "resuming" in r.stdout
+    assert json.loads((wd / "summary.json").read_text())["steps"] == 60
+
+
+def _free_port():
+    sys.path.insert(0, str(LAUNCHER.parent))
+    from local import free_port
+    return free_port()
+
