@@ -89,6 +89,19 @@ def _print_summary(summary: dict) -> None:
             print(f"  {k:>12s} {summary[k]}")
 
 
+def cmd_plan(args) -> None:
+    from arjax import plan
+    if args.topology and args.devices:
+        raise ValueError("give --devices (fake CPU devices) or --topology (a TPU topology), not both")
+    if args.devices:
+        plan.use_fake_cpu_devices(args.devices)  # before JAX starts its backend
+    from arjax.config import load_config
+    mesh = [f"mesh.{kv.strip()}" for kv in args.mesh.split(",") if kv.strip()] if args.mesh else []
+    cfg = load_config(args.config, [*args.set, *mesh])
+    devices = plan.topology_devices(args.topology) if args.topology else None
+    print(plan.format_plan(plan.plan(cfg, devices), cfg))
+
+
 def cmd_sample(args) -> None:
     sample_grid(args.checkpoint, args.classes, args.per_class, args.out, cfg=args.cfg, top_k=args.top_k,
                 top_p=args.top_p, seed=args.seed, more_smooth=args.more_smooth, batch_size=args.batch_size)
@@ -197,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-processes", type=int, default=None, help="or $ARJAX_NUM_PROCESSES")
     t.add_argument("--process-id", type=int, default=None, help="or $ARJAX_PROCESS_ID")
     t.set_defaults(fn=cmd_train)
+
+    pl = sub.add_parser("plan", help="per-device memory and FLOPs of a config's train step on a mesh")
+    pl.add_argument("--config", required=True, help="e.g. configs/imagenet.py:d16")
+    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    pl.add_argument("--mesh", default="", help="e.g. data=2,fsdp=8,tensor=1 (the config's mesh otherwise)")
+    pl.add_argument("--devices", type=int, default=0, help="plan on this many fake CPU devices")
+    pl.add_argument("--topology", default="", help="a TPU topology for ahead-of-time compilation, e.g. "
+                    "v5e:4x4 (needs libtpu)")
+    pl.set_defaults(fn=cmd_plan)
 
     e = sub.add_parser("eval", help="classifier accuracy and Frechet distance on the built-in dataset")
     e.add_argument("--checkpoint", required=True, help="model directory trained on the synthetic dataset")

@@ -47,4 +47,9 @@ def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
         value = tuple(value)
     if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    node[leaf] = value
+    if isinstance(old, bool) and raw.strip().lower() in ("true", "false"):  # --set x=true as well as True
+        value = raw.strip().lower() == "true"
+    try:
+        node[leaf] = value
+    except TypeError as e:  # ml_collections keeps each field's type
+        raise ValueError(f"override {item!r}: {key} is a {type(old).__name__}, got {value!r}") from e

@@ -124,6 +124,22 @@ class Pipeline:
     def class_names(self) -> list[str] | None:
         return self.meta.get("class_names")
 
+    def _spread(self, labels, keys):
+        """With several local devices, split the batch over all of them (parameters replicated once).
+        The batch is padded to a multiple of the device count; each sample still draws only from its key."""
+        devices = jax.local_devices()
+        if len(devices) == 1:
+            return labels, keys, self.tokenizer.state, self.state
+        if getattr(self, "_spread_mesh", None) is None:
+            self._spread_mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
+            rep = jax.sharding.NamedSharding(self._spread_mesh, jax.sharding.PartitionSpec())
+            self._replicated = jax.device_put((self.tokenizer.state, self.state), rep)
+        pad = -len(labels) % len(devices)
+        labels = jnp.concatenate([labels, jnp.repeat(labels[-1:], pad)])
+        keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad)])
+        split = jax.sharding.NamedSharding(self._spread_mesh, jax.sharding.PartitionSpec("batch"))
+        return (jax.device_put(labels, split), jax.device_put(keys, split), *self._replicated)
+
     def logits(self, idx, labels) -> jax.Array:
         """Teacher-forced logits (B, L, V) float32 for tokens (B, L) and labels (B,)."""
         y = _check_labels(labels, self.cfg.num_classes)
@@ -152,12 +168,13 @@ class Pipeline:
         bs = batch_size or max(len(y), 1)
         images, tokens = [], []
         for s in range(0, len(y), bs):
+            n = len(y[s:s + bs])
+            yb, kb, tst, st = self._spread(y[s:s + bs], keys[s:s + bs])
             with jax.default_matmul_precision(self.precision):
-                img, tok, _ = self._sample(self.tokenizer.state, self.state, y[s:s + bs], keys[s:s + bs],
-                                           jnp.float32(cfg), top_k=int(top_k), top_p=float(top_p),
+                img, tok, _ = self._sample(tst, st, yb, kb, jnp.float32(cfg), top_k=int(top_k), top_p=float(top_p),
                                            more_smooth=bool(more_smooth))
-            images.append(img)
-            tokens.append(tok)
+            images.append(img[:n])
+            tokens.append(tok[:n])
         images, tokens = jnp.concatenate(images), jnp.concatenate(tokens)
         return (images, tokens) if return_tokens else images
 

@@ -67,7 +67,8 @@ def var(depth: int) -> ml_collections.ConfigDict:
     model = load_config(str(HERE / "var.py") + f":d{depth}").model.to_dict()
     for shared in ("vocab_size", "cvae", "patch_nums"):  # taken from the tokenizer checkpoint
         model.pop(shared)
-    c.model = ml_collections.ConfigDict(dict(model, num_classes=1000, init_adaln_gamma=alng, dtype="bfloat16"))
+    c.model = ml_collections.ConfigDict(dict(model, num_classes=1000, init_adaln_gamma=alng, dtype="bfloat16",
+                                            remat=False))  # remat=True: recompute blocks, less memory
     c.batch_size, c.steps = batch, _steps(epochs, batch)
     c.optim.update(base_lr=base_lr, warmup_steps=_steps(epochs / 50, batch), wpe=wpe, weight_decay=0.05,
                    weight_decay_end=wd_end)

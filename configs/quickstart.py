@@ -63,7 +63,7 @@ def get_config(arg: str = "var") -> ml_collections.ConfigDict:
         c.model = ml_collections.ConfigDict(dict(
             depth=3, embed_dim=128, num_heads=2, mlp_ratio=4.0, num_classes=10, norm_eps=1e-6, shared_aln=False,
             attn_l2_norm=True, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, attn_impl="auto",
-            dtype="float32"))
+            dtype="float32", remat=False))
         c.loss = ml_collections.ConfigDict(dict(class_dropout=0.1, label_smoothing=0.0))
         # VAR's --pg/--pg0/--pgwp (fraction 0 = off); the reference pairs it with optim.schedule="lin<fraction>"
         c.progressive = ml_collections.ConfigDict(dict(fraction=0.0, first_scale=1, ramp_steps=0))

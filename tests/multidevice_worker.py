@@ -2,6 +2,7 @@
 jax.distributed can be set before JAX starts. Driven by tests/test_sharding.py and test_multiprocess.py.
 
     python tests/multidevice_worker.py tokenizer OUT
+    python tests/multidevice_worker.py sample OUT.npz
     python tests/multidevice_worker.py train WORKDIR TOKENIZER DATA FSDP TENSOR [STEPS]
     python tests/multidevice_worker.py restore WORKDIR TOKENIZER DATA FSDP TENSOR OUT.npz
 
@@ -71,10 +72,30 @@ def restore(workdir, tokenizer_dir, data, fsdp, tensor, out):
     np.savez(out, next_tokens=next(it)["tokens"], step=int(state["step"]), **{f"state/{k}": v for k, v in flat.items()})
 
 
+def sample(out):
+    """Samples of a freshly built tiny pipeline, 7 labels (not a multiple of the device count)."""
+    import dataclasses
+
+    import numpy as np
+
+    import arjax
+    from arjax.nn.models.var import VARConfig
+    from arjax.nn.tokenizers.msvq import VQVAEConfig
+    pns = (1, 2, 3, 4)
+    tok = VQVAEConfig(ch=32, ch_mult=(1, 1), num_res_blocks=1, vocab_size=128, z_channels=8, patch_nums=pns)
+    model = VARConfig(depth=2, embed_dim=64, num_heads=2, vocab_size=128, cvae=8, patch_nums=pns, num_classes=10,
+                      init_adaln_gamma=0.5, init_head=1.0)
+    pipe = arjax.build({"family": "var", "tokenizer": dataclasses.asdict(tok), "model": dataclasses.asdict(model)})
+    images, tokens = pipe.sample(np.arange(7) % 10, cfg=2.0, top_k=50, seed=3, return_tokens=True)
+    np.savez(out, images=np.asarray(images), tokens=np.asarray(tokens), devices=len(images.sharding.device_set))
+
+
 def main(argv):
     cmd = argv[0]
     if cmd == "tokenizer":
         return make_tokenizer(argv[1])
+    if cmd == "sample":
+        return sample(argv[1])
     workdir, tok, data, fsdp, tensor = argv[1], argv[2], *map(int, argv[3:6])
     if cmd == "train":  # the real command line (it joins the multi-process run from the environment)
         from arjax.cli import main as arjax_main

@@ -108,3 +108,14 @@ def test_parameters_and_optimiser_state_are_really_sharded(mesh, mesh_runs):
         assert report["bytes_per_device"] == report["bytes_total"]
     else:
         assert report["bytes_per_device"] < 1.5 * report["bytes_total"] / split
+
+
+# ---- sampling ---------------------------------------------------------------------------------------
+def test_sampling_splits_the_batch_over_all_devices_with_the_same_samples(run_worker, tmp_path):
+    one, four = tmp_path / "one.npz", tmp_path / "four.npz"
+    run_worker(["sample", one], devices=1)
+    run_worker(["sample", four], devices=4)
+    with np.load(one) as a, np.load(four) as b:
+        assert int(a["devices"]) == 1 and int(b["devices"]) == 4
+        np.testing.assert_array_equal(b["tokens"], a["tokens"])
+        np.testing.assert_allclose(b["images"], a["images"], atol=1e-5)

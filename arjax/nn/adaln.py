@@ -13,6 +13,7 @@ from flax import nnx
 
 from arjax.nn.init import torch_trunc_normal
 from arjax.ops.attention import attention
+from arjax.parallel import constrain
 
 
 def layer_norm(x, eps: float):
@@ -94,7 +95,7 @@ class AdaLNSelfAttn(nnx.Module):
         """cond: class embedding (B, D), or with shared AdaLN the shared (B, 1, 6, C) output."""
         if self.shared_aln:
             return self.ada_gss[...] + cond
-        return self.ada_lin(jax.nn.silu(cond)).reshape(-1, 1, 6, self.dim)
+        return self.ada_lin(constrain(jax.nn.silu(cond), "batch", None)).reshape(-1, 1, 6, self.dim)
 
     def __call__(self, x, cond, *, cache=None, **attn_kw):
         ada = self.modulation(cond).astype(x.dtype)
@@ -111,5 +112,5 @@ class AdaLNBeforeHead(nnx.Module):
         self.ada_lin = linear(cond_dim, 2 * dim, std, rngs)
 
     def __call__(self, x, cond):
-        ada = self.ada_lin(jax.nn.silu(cond)).reshape(-1, 1, 2, self.dim)
+        ada = self.ada_lin(constrain(jax.nn.silu(cond), "batch", None)).reshape(-1, 1, 2, self.dim)
         return layer_norm(x, self.norm_eps) * (1 + ada[:, :, 0]) + ada[:, :, 1]

@@ -163,13 +163,19 @@ class TokenizerTask:
 class VARTask:
     """VAR on tokens of a frozen, already trained tokenizer (`cfg.tokenizer_dir`)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, abstract_tokenizer: VQVAEConfig | None = None):
+        """`abstract_tokenizer`: plan with this tokenizer layout and shape-only weights, reading nothing."""
         self.cfg = cfg
-        meta = checkpoint.read_meta(cfg.tokenizer_dir)
-        self.tok_cfg = VQVAEConfig(**meta["tokenizer"])
+        if abstract_tokenizer is None:
+            self.tok_cfg = VQVAEConfig(**checkpoint.read_meta(cfg.tokenizer_dir)["tokenizer"])
+        else:
+            self.tok_cfg = abstract_tokenizer
         tok_abstract = abstract_module(MultiScaleVQVAE, self.tok_cfg)
         self.tok_graphdef = nnx.split(tok_abstract)[0]
-        self.tok_params = checkpoint.load_params(cfg.tokenizer_dir, {"tokenizer": _pure(tok_abstract)})["tokenizer"]
+        if abstract_tokenizer is None:
+            self.tok_params = checkpoint.load_params(cfg.tokenizer_dir, {"tokenizer": _pure(tok_abstract)})["tokenizer"]
+        else:
+            self.tok_params = _pure(tok_abstract)
         model = dict(cfg.model.to_dict(), vocab_size=self.tok_cfg.vocab_size, cvae=self.tok_cfg.z_channels,
                      patch_nums=self.tok_cfg.patch_nums)
         self.model_cfg = VARConfig(**model)

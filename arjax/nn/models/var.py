@@ -15,6 +15,7 @@ from flax import nnx
 from arjax.nn.adaln import AdaLNBeforeHead, AdaLNSelfAttn, linear
 from arjax.nn.init import torch_trunc_normal
 from arjax.ops import scales
+from arjax.parallel import constrain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +95,7 @@ class VAR(nnx.Module):
     # -- pieces shared by teacher forcing and sampling -------------------------------------------
     def class_cond(self, labels):
         """labels (B,) in [0, num_classes]; num_classes is unconditional -> (B, C)."""
-        return self.class_emb(labels)
+        return constrain(self.class_emb(labels), "batch", None)
 
     def block_cond(self, cond):
         if self.shared_ada_lin is None:
@@ -112,7 +113,8 @@ class VAR(nnx.Module):
         return jnp.broadcast_to(cond[:, None], (cond.shape[0], first_l, cond.shape[-1])) + self.pos_start[...]
 
     def logits_from_hidden(self, x, cond):
-        return self.head(self.head_nm(x.astype(jnp.float32), cond)).astype(jnp.float32)
+        logits = self.head(self.head_nm(x.astype(jnp.float32), cond)).astype(jnp.float32)
+        return constrain(logits, "batch", None, None)  # FSDP: weights are gathered, activations stay split
 
     def run_blocks(self, x, cond, *, caches=None, **attn_kw):
         """Returns the hidden states and every block's (k, v)."""
@@ -125,7 +127,7 @@ class VAR(nnx.Module):
         if self.cfg.remat:
             apply = nnx.remat(apply)
         for i, blk in enumerate(self.blocks):
-            x, kv = apply(blk, x, bcond, None if caches is None else caches[i])
+            x, kv = apply(blk, constrain(x, "batch", None, None), bcond, None if caches is None else caches[i])
             kvs.append(kv)
         return x, kvs
 
