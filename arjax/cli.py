@@ -116,7 +116,8 @@ def _train_stage(config: str, workdir: Path, overrides=()) -> dict:
         if summary.get("finished"):
             print(f"{workdir}: already trained, reusing")
             return summary
-    return cmd_train(argparse.Namespace(config=config, workdir=str(workdir), set=list(overrides)))
+    return cmd_train(argparse.Namespace(config=config, workdir=str(workdir), set=list(overrides),
+                                        coordinator=None, num_processes=None, process_id=None))
 
 
 def cmd_quickstart(args) -> None:

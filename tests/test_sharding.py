@@ -119,3 +119,14 @@ def test_sampling_splits_the_batch_over_all_devices_with_the_same_samples(run_wo
         assert int(a["devices"]) == 1 and int(b["devices"]) == 4
         np.testing.assert_array_equal(b["tokens"], a["tokens"])
         np.testing.assert_allclose(b["images"], a["images"], atol=1e-5)
+
+
+def test_a_workdir_may_resume_on_another_mesh_but_not_with_another_recipe(tmp_path):
+    from arjax.config import load_config
+    from arjax.train.trainer import _check_same_config
+    from conftest import REPO
+    config = f"{REPO}/configs/quickstart.py:var"
+    _check_same_config(load_config(config, ["mesh.fsdp=-1"]), tmp_path)
+    _check_same_config(load_config(config, ["mesh.data=2", "mesh.fsdp=4"]), tmp_path)
+    with pytest.raises(ValueError, match="steps"):
+        _check_same_config(load_config(config, ["steps=5"]), tmp_path)

@@ -201,7 +201,7 @@ class VARTask:
         params, gd = self.tok_params, self.tok_graphdef
         encode = jax.jit(lambda x: nnx.merge(gd, params).encode(x))
         return encode_to_cache(workdir / "token_cache", source, encode, image_size=self.image_size,
-                               vocab=self.tok_cfg.vocab_size, batch_size=self.cfg.batch_size,
+                               vocab=self.tok_cfg.vocab_size, batch_size=max(self.cfg.batch_size, 32),
                                augment=self.cfg.data.augment, progress=progress)
 
     def phase(self, step: int) -> int:

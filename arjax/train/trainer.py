@@ -321,13 +321,13 @@ def _barrier(name: str) -> None:
 
 
 def _check_same_config(cfg, workdir: Path, write: bool = True) -> None:
-    """A workdir belongs to one config: resuming with another would silently mix runs."""
+    """A workdir belongs to one config: resuming with another would silently mix runs. The mesh may
+    change (a run moves to another slice): it changes where the numbers live, not what they are."""
     path = workdir / "config.json"
     current = cfg.to_json_best_effort(sort_keys=True)
     if path.exists():
-        saved = path.read_text()
-        if json.loads(saved) != json.loads(current):
-            diff = _diff(json.loads(saved), json.loads(current))
+        diff = [d for d in _diff(json.loads(path.read_text()), json.loads(current)) if not d.startswith("mesh.")]
+        if diff:
             raise ValueError(f"{workdir} holds a run with another config ({', '.join(diff[:6])}); "
                              f"use a new --workdir or the original config")
     elif write:
