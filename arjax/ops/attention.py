@@ -1,7 +1,10 @@
 """The one attention entry point used by every model.
 
 `impl="xla"` is the dense reference: explicit boolean mask, float32 softmax. It is the oracle the
-block-sparse kernels are tested against, and the default.
+block-sparse kernels are tested against, and what "auto" picks until the Pallas kernel has been
+measured faster on a GPU/TPU (benchmarks/attention.py). `impl="pallas"` is the block-sparse flash
+kernel of `arjax.ops.block_sparse` (run interpreted on CPU); KV-cached steps, where queries see every
+cached key and no mask applies, always take the dense path.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import numpy as np
 from arjax.ops import scales
 
 MASKS = ("block_causal", "block_diagonal", "causal", "none")
-IMPLS = ("auto", "xla")
+IMPLS = ("auto", "xla", "pallas")
 
 
 def build_mask(mask: str, scale_lens, q_len: int, k_len: int) -> np.ndarray | None:
@@ -47,12 +50,15 @@ def attention(q, k, v, *, scale_lens=None, mask: str = "block_causal", impl: str
               scale: float | None = None, interpret: bool = False):
     """q, k, v: (B, L, H, D); `scale_lens` tokens per scale; returns (B, Lq, H, D).
 
-    `scale=None` means 1/sqrt(D). `interpret` is accepted for the kernel paths' CPU testing.
+    `scale=None` means 1/sqrt(D). `interpret` runs the Pallas kernel in interpret mode (always on CPU).
     """
-    del interpret  # only meaningful for kernel implementations
     if mask not in MASKS:
         raise ValueError(f"attention mask must be one of {MASKS}, got {mask!r}")
     if impl not in IMPLS:
         raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "pallas" and q.shape[1] == k.shape[1]:
+        from arjax.ops.block_sparse import block_sparse_attention
+        return block_sparse_attention(q, k, v, scale_lens=scale_lens, mask=mask, scale=scale,
+                                      interpret=interpret or jax.default_backend() == "cpu")
     m = build_mask(mask, scale_lens, q.shape[1], k.shape[1])
     return dense_attention(q, k, v, None if m is None else jnp.asarray(m), scale=scale)

@@ -1,0 +1,140 @@
+"""The Pallas block-sparse attention (interpret mode on CPU) against a float64 NumPy reference: forward
+and gradients, over VAR and custom schedules, lengths off the block size, head counts and dims, fp32 and
+bf16; its block tables; and a VAR training step that is the same with impl="pallas" and impl="xla"."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from arjax.ops import scales
+from arjax.ops.attention import attention
+from arjax.ops.block_sparse import block_sparse_attention, block_tables, token_levels
+
+
+def _mask(mask, lens, length):
+    lvl = token_levels(mask, lens, length)
+    return lvl[None, :] == lvl[:, None] if mask == "block_diagonal" else lvl[None, :] <= lvl[:, None]
+
+
+def reference(q, k, v, g, mask, scale):
+    """float64 attention output and the gradients of sum(out * g) (the textbook backward)."""
+    s = np.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    s = np.where(mask, s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    out = np.einsum("bhqk,bkhd->bqhd", p, v)
+    dp = np.einsum("bqhd,bkhd->bhqk", g, v)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True))
+    dq = np.einsum("bhqk,bkhd->bqhd", ds, k) * scale
+    dk = np.einsum("bhqk,bqhd->bkhd", ds, q) * scale
+    dv = np.einsum("bhqk,bqhd->bkhd", p, g)
+    return out, (dq, dk, dv)
+
+
+def _check(lens, mask, heads, dim, dtype, tol, seed, block=64):
+    length = sum(lens)
+    rng = np.random.default_rng(seed)
+    q, k, v, g = (rng.normal(size=(2, length, heads, dim)) for _ in range(4))
+    scale = dim ** -0.5
+    want, want_grads = reference(q, k, v, g, _mask(mask, lens, length), scale)
+
+    def run(q, k, v):
+        return block_sparse_attention(q, k, v, scale_lens=lens, mask=mask, block_q=block, block_k=block,
+                                      interpret=True)
+    args = [jnp.asarray(x, dtype) for x in (q, k, v)]
+    out, vjp = jax.vjp(run, *args)
+    grads = vjp(jnp.asarray(g, dtype))
+    # relative to the largest reference magnitude of each tensor
+    for name, got, ref in [("out", out, want), *zip(("dq", "dk", "dv"), grads, want_grads)]:
+        err = np.abs(np.asarray(got, np.float64) - ref).max() / np.abs(ref).max()
+        assert err < tol, f"{name}: relative error {err:.2e} (lens {lens}, mask {mask}, {heads}x{dim}, {dtype})"
+
+
+SCHEDULES = {  # tokens per scale
+    "var256": scales.scale_lens(scales.VAR_SCHEDULES[256]),  # 680 tokens, not a multiple of 64
+    "flexvar": scales.scale_lens((1, 2, 3, 5, 8, 13)),       # a custom schedule, 272 tokens
+    "odd": scales.scale_lens((1, 3, 7)),                     # 59 tokens: one partial block
+}
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("mask", ["block_causal", "block_diagonal"])
+def test_float32_forward_and_gradients_match_float64(name, mask):
+    _check(SCHEDULES[name], mask, heads=2, dim=16, dtype=jnp.float32, tol=1e-5, seed=hash((name, mask)) % 1000)
+
+
+@pytest.mark.parametrize("heads,dim", [(1, 8), (4, 32), (3, 64)])
+def test_head_counts_and_dims(heads, dim):
+    _check(scales.scale_lens((1, 2, 3, 4, 6, 8)), "block_causal", heads=heads, dim=dim, dtype=jnp.float32, tol=1e-5, seed=heads * dim,
+           block=32)
+
+
+@pytest.mark.parametrize("mask", ["causal", "none"])
+def test_causal_and_unmasked(mask):
+    _check((45,), mask, heads=2, dim=16, dtype=jnp.float32, tol=1e-5, seed=7, block=16)
+
+
+def test_bfloat16_within_two_percent():
+    _check(scales.scale_lens((1, 2, 3, 4, 5, 6, 8, 10)), "block_causal", heads=2, dim=32, dtype=jnp.bfloat16, tol=2e-2, seed=11)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("res", [512, 1024])
+def test_large_var_schedules(res):
+    _check(scales.scale_lens(scales.VAR_SCHEDULES[res]), "block_causal", heads=1, dim=16, dtype=jnp.float32, tol=1e-5, seed=res,
+           block=128)
+
+
+def test_block_tables_skip_empty_blocks_and_cover_every_allowed_pair():
+    lens = scales.scale_lens(scales.VAR_SCHEDULES[256])
+    for diagonal in (False, True):
+        lvl = token_levels("block_diagonal" if diagonal else "block_causal", lens, 680)
+        q_lvl = np.concatenate([lvl, np.full(24, -2)])
+        k_lvl = np.concatenate([lvl, np.full(24, 2 ** 30)])
+        kv_lo, kv_hi, q_lo, q_hi = block_tables(q_lvl, k_lvl, 64, 64, diagonal)
+        allowed = (k_lvl[None] == q_lvl[:, None]) if diagonal else (k_lvl[None] <= q_lvl[:, None])
+        useful = allowed.reshape(11, 64, 11, 64).any(axis=(1, 3))  # blocks holding an allowed pair
+        for lo, hi, blocks in ((kv_lo, kv_hi, useful), (q_lo, q_hi, useful.T)):
+            visited = np.zeros_like(blocks)
+            for row in range(len(lo)):
+                visited[row, lo[row]:hi[row]] = True
+            np.testing.assert_array_equal(visited, blocks)  # all allowed pairs, and no empty block, visited
+        assert not useful.all()  # (70% of the blocks at 256 px block-causal, 40% block-diagonal)
+
+
+def test_entry_point_dispatches_and_kv_cached_steps_stay_dense():
+    rng = np.random.default_rng(3)
+    lens = (1, 4, 9)
+    q, k, v = (jnp.asarray(rng.normal(size=(1, 14, 2, 8)), jnp.float32) for _ in range(3))
+    dense = attention(q, k, v, scale_lens=lens, impl="xla")
+    np.testing.assert_allclose(np.asarray(attention(q, k, v, scale_lens=lens, impl="pallas")), np.asarray(dense),
+                               rtol=1e-5, atol=1e-6)
+    # a KV-cached step: 9 queries against 14 keys, no mask: the dense path
+    got = attention(q[:, 5:], k, v, mask="none", impl="pallas")
+    np.testing.assert_allclose(np.asarray(got), np.asarray(attention(q[:, 5:], k, v, mask="none", impl="xla")),
+                               rtol=1e-6)
+
+
+def test_var_training_step_is_the_same_with_pallas_and_xla():
+    from flax import nnx
+
+    from arjax.nn.init import create
+    from arjax.nn.models.var import VAR, VARConfig
+    from arjax.train.losses import token_cross_entropy
+    pns = (1, 2, 3, 4)
+    cfgs = {impl: VARConfig(depth=2, embed_dim=64, num_heads=2, vocab_size=32, cvae=8, patch_nums=pns, num_classes=5,
+                            init_adaln_gamma=0.5, init_head=1.0, attn_impl=impl) for impl in ("xla", "pallas")}
+    rng = np.random.default_rng(5)
+    labels = jnp.asarray(rng.integers(0, 5, size=3))
+    x_in = jnp.asarray(rng.normal(size=(3, 29, 8)), jnp.float32)
+    tokens = jnp.asarray(rng.integers(0, 32, size=(3, 30)))
+    params = nnx.to_pure_dict(nnx.state(create(VAR, cfgs["xla"], 0), nnx.Param))
+
+    def loss(p, impl):
+        model = nnx.merge(nnx.split(create(VAR, cfgs[impl], 0))[0], p)
+        return jnp.mean(token_cross_entropy(model(labels, x_in), tokens))
+
+    (lx, gx), (lp, gp) = (jax.value_and_grad(loss)(params, impl) for impl in ("xla", "pallas"))
+    np.testing.assert_allclose(float(lp), float(lx), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(gx)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
