@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 
-def _int_list(text: str) -> list[int]:
+def _int_list(text: str) -> list[int] | None:
+    if text.strip() == "all":
+        return None
     try:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
@@ -103,6 +105,17 @@ def cmd_plan(args) -> None:
 
 
 def cmd_sample(args) -> None:
+    if args.npz:  # an evaluation set, resumable, in the ADM suite's format
+        import arjax
+        from arjax.sample.bulk import class_major_labels, sample_to_npz
+        pipe = arjax.load(args.checkpoint)
+        labels = class_major_labels(pipe.cfg.num_classes, args.per_class, args.classes)
+        out = sample_to_npz(pipe, labels, args.npz, batch_size=args.batch_size, cfg=args.cfg, top_k=args.top_k,
+                            top_p=args.top_p, seed=args.seed)
+        print(f"wrote {out} ({len(labels)} images)")
+        return
+    if args.classes is None:
+        raise ValueError("--classes all is for --npz evaluation sets; a grid needs a short list, e.g. 207,360,387")
     sample_grid(args.checkpoint, args.classes, args.per_class, args.out, cfg=args.cfg, top_k=args.top_k,
                 top_p=args.top_p, seed=args.seed, more_smooth=args.more_smooth, batch_size=args.batch_size)
 
@@ -191,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample a labelled PNG grid")
     s.add_argument("--checkpoint", required=True, help="model directory")
-    s.add_argument("--classes", type=_int_list, required=True, help="e.g. 207,360,387")
+    s.add_argument("--classes", type=_int_list, required=True, help="e.g. 207,360,387, or all (with --npz)")
     s.add_argument("--per-class", type=int, default=4)
     s.add_argument("--cfg", type=float, default=1.5)
     s.add_argument("--top-k", type=int, default=900)
@@ -200,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--more-smooth", action="store_true", help="Gumbel soft tokens (visual, not for FID)")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--out", default="samples.png")
+    s.add_argument("--npz", default="", help="write every sample to this .npz (arr_0 uint8, class-major; "
+                   "e.g. --classes all --per-class 50 for a 50k FID set); resumable")
     s.set_defaults(fn=cmd_sample)
 
     t = sub.add_parser("train", help="train (or resume) a tokenizer or a VAR from a config")

@@ -51,6 +51,37 @@ def test_grid_tiles_match_pipeline_samples(tmp_path):
     assert np.abs(ref[0] - ref[1]).max() > 0  # two samples of one class differ
 
 
+def test_evaluation_npz_is_class_major_resumable_and_equals_pipeline_samples(tmp_path, capsys):
+    import dataclasses
+
+    import arjax
+    from arjax.nn.models.var import VARConfig
+    from arjax.nn.tokenizers.msvq import VQVAEConfig
+    tok = VQVAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, vocab_size=64, z_channels=8, patch_nums=(1, 2, 4),
+                      using_sa=False)
+    var = VARConfig(depth=1, embed_dim=32, num_heads=2, vocab_size=64, cvae=8, patch_nums=(1, 2, 4), num_classes=3,
+                    init_head=1.0)
+    model = arjax.save(arjax.build({"family": "var", "tokenizer": dataclasses.asdict(tok),
+                                    "model": dataclasses.asdict(var)}), tmp_path / "m")
+    out = tmp_path / "eval.npz"
+    args = ["sample", "--checkpoint", str(model), "--classes", "all", "--per-class", "3", "--batch-size", "4",
+            "--top-k", "20", "--seed", "5", "--npz", str(out)]
+    # an interrupted earlier run left the first batch's part: it is reused, not resampled
+    parts = tmp_path / "eval.npz.parts"
+    parts.mkdir()
+    size = tok.image_size
+    marker = np.full((4, size, size, 3), 7, np.uint8)
+    np.save(parts / f"{0:09d}.npy", marker)
+    assert cli.main(args) == 0
+    arr = np.load(out)["arr_0"]
+    assert arr.shape == (9, size, size, 3) and arr.dtype == np.uint8 and not parts.exists()
+    np.testing.assert_array_equal(arr[:4], marker)
+    want = arjax.load(model).sample(np.repeat(np.arange(3), 3), top_k=20, seed=5)
+    want = np.clip(np.round(np.asarray(want) * 255), 0, 255).astype(np.uint8)
+    assert np.abs(arr[4:].astype(int) - want[4:]).max() <= 1
+    assert cli.main(["sample", "--checkpoint", str(model), "--classes", "all", "--out", str(tmp_path / "g.png")]) == 2
+
+
 def test_init_with_override_and_unknown_key(tmp_path, capsys):
     cfg = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "var.py") + ":tiny"
     assert cli.main(["init", "--config", cfg, "--set", "model.depth=1", "--out", str(tmp_path / "m")]) == 0

@@ -11,14 +11,13 @@ feeds its rows of the global batch, and only process 0 writes logs, previews and
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import time
 from pathlib import Path
 
+import grain
 import jax
 import jax.numpy as jnp
-import grain
 import numpy as np
 import optax
 
@@ -28,8 +27,6 @@ from arjax.train import checkpoint
 from arjax.train.losses import NonFiniteLoss
 from arjax.train.optim import make_optimizer, peak_lr, var_schedule, wd_schedule
 from arjax.train.tasks import TASKS
-
-log = logging.getLogger("arjax.train")
 
 
 class PeerFailure(RuntimeError):
