@@ -63,7 +63,7 @@ def test_float32_forward_and_gradients_match_float64(name, mask):
     _check(SCHEDULES[name], mask, heads=2, dim=16, dtype=jnp.float32, tol=1e-5, seed=hash((name, mask)) % 1000)
 
 
-@pytest.mark.parametrize("heads,dim", [(1, 8), (4, 32), (3, 64)])
+@pytest.mark.parametrize("heads,dim", [pytest.param(1, 8, marks=pytest.mark.slow), (4, 32), (3, 64)])
 def test_head_counts_and_dims(heads, dim):
     _check(scales.scale_lens((1, 2, 3, 4, 6, 8)), "block_causal", heads=heads, dim=dim, dtype=jnp.float32, tol=1e-5, seed=heads * dim,
            block=32)

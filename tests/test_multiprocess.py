@@ -42,7 +42,7 @@ def test_two_processes_train_like_one_device(two_process_run, reference_run):
     assert report["bytes_per_device"] < report["bytes_total"] / 2  # FSDP over 4 devices per process
 
 
-@pytest.mark.parametrize("devices,mesh", [(8, (1, 8, 1)), (1, (1, 1, 1))])
+@pytest.mark.parametrize("devices,mesh", [(8, (1, 8, 1)), pytest.param(1, (1, 1, 1), marks=pytest.mark.slow)])
 def test_checkpoint_restores_on_another_device_count(devices, mesh, two_process_run, reference_run, tiny_tokenizer_dir,
                                                      run_worker, tmp_path):
     got, want = tmp_path / "got.npz", tmp_path / "want.npz"
