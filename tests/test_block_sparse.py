@@ -89,15 +89,19 @@ def test_large_schedules(res):
            block=128)
 
 
-def test_block_tables_skip_empty_blocks_and_cover_every_allowed_pair():
+def test_block_tables_skip_empty_blocks_cover_every_allowed_pair_and_flag_partial_blocks():
     lens = scales.scale_lens(scales.VAR_SCHEDULES[256])
     for diagonal in (False, True):
         lvl = token_levels("block_diagonal" if diagonal else "block_causal", lens, 680)
         q_lvl = np.concatenate([lvl, np.full(24, -2)])
         k_lvl = np.concatenate([lvl, np.full(24, 2 ** 30)])
-        kv_lo, kv_hi, q_lo, q_hi = block_tables(q_lvl, k_lvl, 64, 64, diagonal)
+        kv_lo, kv_hi, q_lo, q_hi, partial = block_tables(q_lvl, k_lvl, 64, 64, diagonal)
         allowed = (k_lvl[None] == q_lvl[:, None]) if diagonal else (k_lvl[None] <= q_lvl[:, None])
-        useful = allowed.reshape(11, 64, 11, 64).any(axis=(1, 3))  # blocks holding an allowed pair
+        tiles = allowed.reshape(11, 64, 11, 64)
+        useful = tiles.any(axis=(1, 3))  # blocks holding an allowed pair
+        # the mask is applied exactly on the blocks it cuts through; full blocks run without it
+        np.testing.assert_array_equal(partial.astype(bool), useful & ~tiles.all(axis=(1, 3)))
+        assert (useful & ~partial.astype(bool)).any()
         for lo, hi, blocks in ((kv_lo, kv_hi, useful), (q_lo, q_hi, useful.T)):
             visited = np.zeros_like(blocks)
             for row in range(len(lo)):

@@ -5,7 +5,8 @@ see key j iff level(j) <= level(i), block-diagonal (HMAR) iff level(j) == level(
 block-causal with level = position, "none" is block-causal with one level. The keys a block of
 queries can see therefore form one contiguous range, and so do the queries that can see a block of
 keys: the host computes these ranges per block (`block_tables`), and the kernels loop only over
-them, so empty blocks are never loaded. Blocks inside the range apply the level rule elementwise.
+them, so empty blocks are never loaded; only blocks the mask cuts through apply the level rule, full
+blocks skip it.
 
 Sequences are padded to the block size; padded keys get a level no query accepts and padded query rows
 are dropped. Softmax statistics and accumulators are float32 for bf16 and float32 inputs.
@@ -40,11 +41,14 @@ def _allowed(q_lvl, k_lvl, diagonal: bool):
 
 
 def block_tables(q_lvl: np.ndarray, k_lvl: np.ndarray, block_q: int, block_k: int, diagonal: bool):
-    """Per query block the [lo, hi) range of key blocks it must visit, and per key block the range of
-    query blocks; levels are padded already. An empty range (lo == hi) skips the block entirely."""
+    """Per query block the [lo, hi) range of key blocks it must visit, per key block the range of query
+    blocks, and per (query block, key block) whether the mask cuts through it (1) or it is full (0);
+    levels are padded already. An empty range (lo == hi) skips the block entirely."""
     allowed = _allowed(q_lvl[:, None], k_lvl[None, :], diagonal)
     nq, nk = len(q_lvl) // block_q, len(k_lvl) // block_k
-    blocks = allowed.reshape(nq, block_q, nk, block_k).any(axis=(1, 3))  # (nq, nk) non-empty blocks
+    tiles = allowed.reshape(nq, block_q, nk, block_k)
+    blocks = tiles.any(axis=(1, 3))  # (nq, nk) non-empty blocks
+    partial = (blocks & ~tiles.all(axis=(1, 3))).astype(np.int32)  # only these need the mask
 
     def ranges(b):
         lo = np.where(b.any(1), b.argmax(1), 0)
@@ -52,16 +56,19 @@ def block_tables(q_lvl: np.ndarray, k_lvl: np.ndarray, block_q: int, block_k: in
         return lo.astype(np.int32), hi.astype(np.int32)
     kv_lo, kv_hi = ranges(blocks)
     q_lo, q_hi = ranges(blocks.T)
-    return kv_lo, kv_hi, q_lo, q_hi
+    return kv_lo, kv_hi, q_lo, q_hi, partial
 
 
 # ---- kernels -------------------------------------------------------------------------------------------
-def _scores(q, k, ql, kl, scale, diagonal):
+def _scores(q, k, ql, kl, scale, diagonal, partial):
+    """Scaled q k^T in float32; the level mask is applied only where the block is partial."""
     s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
-    return jnp.where(_allowed(ql[:, None], kl[None, :], diagonal), s, -jnp.inf)
+    return jax.lax.cond(partial != 0, lambda: jnp.where(_allowed(ql[:, None], kl[None, :], diagonal), s, -jnp.inf),
+                        lambda: s)
 
 
-def _fwd_kernel(lo_ref, hi_ref, ql_ref, kl_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale, bk, diagonal):
+def _fwd_kernel(lo_ref, hi_ref, part_ref, ql_ref, kl_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale, bk,
+                diagonal):
     qi = pl.program_id(1)
     q, ql = q_ref[...], ql_ref[...]
     bq, d = q.shape
@@ -69,7 +76,7 @@ def _fwd_kernel(lo_ref, hi_ref, ql_ref, kl_ref, q_ref, k_ref, v_ref, o_ref, lse_
     def body(kb, carry):
         m, l, acc = carry
         sl = pl.ds(kb * bk, bk)
-        s = _scores(q, k_ref[sl, :], ql, kl_ref[sl], scale, diagonal)
+        s = _scores(q, k_ref[sl, :], ql, kl_ref[sl], scale, diagonal, part_ref[qi, kb])
         m_new = jnp.maximum(m, s.max(axis=1))
         shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # rows with nothing seen yet stay at zero
         p = jnp.exp(s - shift[:, None])
@@ -84,7 +91,7 @@ def _fwd_kernel(lo_ref, hi_ref, ql_ref, kl_ref, q_ref, k_ref, v_ref, o_ref, lse_
     lse_ref[...] = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), jnp.inf)
 
 
-def _dq_kernel(lo_ref, hi_ref, ql_ref, kl_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *,
+def _dq_kernel(lo_ref, hi_ref, part_ref, ql_ref, kl_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *,
                scale, bk, diagonal):
     qi = pl.program_id(1)
     q, ql, do = q_ref[...], ql_ref[...], do_ref[...]
@@ -93,7 +100,7 @@ def _dq_kernel(lo_ref, hi_ref, ql_ref, kl_ref, q_ref, k_ref, v_ref, do_ref, lse_
     def body(kb, dq):
         sl = pl.ds(kb * bk, bk)
         k = k_ref[sl, :]
-        p = jnp.exp(_scores(q, k, ql, kl_ref[sl], scale, diagonal) - lse[:, None])
+        p = jnp.exp(_scores(q, k, ql, kl_ref[sl], scale, diagonal, part_ref[qi, kb]) - lse[:, None])
         dp = jax.lax.dot_general(do, v_ref[sl, :], (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
         ds = p * (dp - delta[:, None])
         return dq + jax.lax.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
@@ -102,7 +109,7 @@ def _dq_kernel(lo_ref, hi_ref, ql_ref, kl_ref, q_ref, k_ref, v_ref, do_ref, lse_
     dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _dkv_kernel(lo_ref, hi_ref, ql_ref, kl_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *,
+def _dkv_kernel(lo_ref, hi_ref, part_ref, ql_ref, kl_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *,
                 scale, bq, diagonal):
     k, v, kl = k_ref[...], v_ref[...], kl_ref[...]
     ki = pl.program_id(1)
@@ -111,7 +118,7 @@ def _dkv_kernel(lo_ref, hi_ref, ql_ref, kl_ref, q_ref, k_ref, v_ref, do_ref, lse
         dk, dv = carry
         sl = pl.ds(qb * bq, bq)
         q, do = q_ref[sl, :], do_ref[sl, :]
-        p = jnp.exp(_scores(q, k, ql_ref[sl], kl, scale, diagonal) - lse_ref[sl][:, None])  # (bq, bk)
+        p = jnp.exp(_scores(q, k, ql_ref[sl], kl, scale, diagonal, part_ref[qb, ki]) - lse_ref[sl][:, None])
         dv = dv + jax.lax.dot_general(p.astype(do.dtype), do, (((0,), (0,)), ((), ())),
                                       preferred_element_type=jnp.float32)
         dp = jax.lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
@@ -152,16 +159,16 @@ def _flash(q, k, v, static):
 def _forward(q, k, v, static):
     scale, bq, bk, diagonal, tables, q_lvl, k_lvl, interpret = static.unpack()
     bh, lp, d = q.shape
-    kv_lo, kv_hi, _, _ = tables
+    kv_lo, kv_hi, _, _, partial = tables
     o, lse = pl.pallas_call(
         functools.partial(_fwd_kernel, scale=scale, bk=bk, diagonal=diagonal),
         grid=(bh, lp // bq),
-        in_specs=[_full((len(kv_lo),)), _full((len(kv_hi),)), pl.BlockSpec((bq,), lambda b, i: (i,)),
+        in_specs=[_full((len(kv_lo),)), _full((len(kv_hi),)), _full(partial.shape), pl.BlockSpec((bq,), lambda b, i: (i,)),
                   _full((lp,)), _per_head(bq, d, True), _per_head(lp, d, False), _per_head(lp, d, False)],
         out_specs=[_per_head(bq, d, True), _row_stats(bq, True)],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((bh, lp), jnp.float32)],
         interpret=interpret,
-    )(jnp.asarray(kv_lo), jnp.asarray(kv_hi), jnp.asarray(q_lvl), jnp.asarray(k_lvl), q, k, v)
+    )(jnp.asarray(kv_lo), jnp.asarray(kv_hi), jnp.asarray(partial), jnp.asarray(q_lvl), jnp.asarray(k_lvl), q, k, v)
     return o, lse
 
 
@@ -174,42 +181,48 @@ def _flash_bwd(static, res, do):
     q, k, v, o, lse = res
     scale, bq, bk, diagonal, tables, q_lvl, k_lvl, interpret = static.unpack()
     bh, lp, d = q.shape
-    kv_lo, kv_hi, q_lo, q_hi = (jnp.asarray(t) for t in tables)
+    kv_lo, kv_hi, q_lo, q_hi, partial = (jnp.asarray(t) for t in tables)
     delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
     lse = jnp.where(jnp.isfinite(lse), lse, 0.0)  # padded rows: p = exp(-inf) = 0 either way
     qlv, klv = jnp.asarray(q_lvl), jnp.asarray(k_lvl)
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, scale=scale, bk=bk, diagonal=diagonal),
         grid=(bh, lp // bq),
-        in_specs=[_full((len(kv_lo),)), _full((len(kv_hi),)), pl.BlockSpec((bq,), lambda b, i: (i,)),
+        in_specs=[_full((len(kv_lo),)), _full((len(kv_hi),)), _full(partial.shape), pl.BlockSpec((bq,), lambda b, i: (i,)),
                   _full((lp,)), _per_head(bq, d, True), _per_head(lp, d, False), _per_head(lp, d, False),
                   _per_head(bq, d, True), _row_stats(bq, True), _row_stats(bq, True)],
         out_specs=_per_head(bq, d, True),
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         interpret=interpret,
-    )(kv_lo, kv_hi, qlv, klv, q, k, v, do, lse, delta)
+    )(kv_lo, kv_hi, partial, qlv, klv, q, k, v, do, lse, delta)
     dk, dv = pl.pallas_call(
         functools.partial(_dkv_kernel, scale=scale, bq=bq, diagonal=diagonal),
         grid=(bh, lp // bk),
-        in_specs=[_full((len(q_lo),)), _full((len(q_hi),)), _full((lp,)), pl.BlockSpec((bk,), lambda b, i: (i,)),
+        in_specs=[_full((len(q_lo),)), _full((len(q_hi),)), _full(partial.shape), _full((lp,)),
+                  pl.BlockSpec((bk,), lambda b, i: (i,)),
                   _per_head(lp, d, False), _per_head(bk, d, True), _per_head(bk, d, True),
                   _per_head(lp, d, False), _row_stats(lp, False), _row_stats(lp, False)],
         out_specs=[_per_head(bk, d, True), _per_head(bk, d, True)],
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
         interpret=interpret,
-    )(q_lo, q_hi, qlv, klv, q, k, v, do, lse, delta)
+    )(q_lo, q_hi, partial, qlv, klv, q, k, v, do, lse, delta)
     return dq, dk, dv
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
+def _frozen(a):
+    """A nested tuple of ints (hashable) from an integer array of any rank."""
+    return tuple(_frozen(x) for x in a) if np.ndim(a) > 1 else tuple(int(x) for x in a)
+
+
 class _Static:
     """Hashable bundle of the non-array arguments (tables as tuples) for custom_vjp's nondiff slot."""
 
     def __init__(self, scale, bq, bk, diagonal, tables, q_lvl, k_lvl, interpret):
-        self._key = (scale, bq, bk, diagonal, tuple(tuple(int(x) for x in t) for t in tables),
-                     tuple(int(x) for x in q_lvl), tuple(int(x) for x in k_lvl), interpret)
+        self._key = (scale, bq, bk, diagonal, tuple(_frozen(t) for t in tables), _frozen(q_lvl), _frozen(k_lvl),
+                     interpret)
 
     def unpack(self):
         scale, bq, bk, diagonal, tables, q_lvl, k_lvl, interpret = self._key
