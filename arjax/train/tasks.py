@@ -73,8 +73,9 @@ class TokenizerTask:
     def constants(self):
         return {"lpips": self.lpips[1]} if self.lpips else {}
 
-    def phase(self, step: int) -> None:
-        return None
+    def phase(self, step: int) -> bool | None:
+        """Whether the discriminator is on: before `disc.start` the step is compiled without it."""
+        return step >= self.cfg.disc.start if self.use_disc else None
 
     def prepare_source(self, source, workdir, progress: bool):
         if self.cfg.data.cache_tokens:
@@ -82,8 +83,9 @@ class TokenizerTask:
         return source
 
     def loss(self, params, extra, consts, batch, key, step, phase=None):
-        del key, phase
+        del key
         t = self.cfg.loss
+        disc_on = self.use_disc and phase is not False
         vae = nnx.merge(self.graphdef, params)
         x = batch["image"]
         f = vae.features(x)
@@ -96,7 +98,7 @@ class TokenizerTask:
         if self.lpips:
             metrics["perceptual"] = jnp.mean(lpips_distance(self.lpips[0], consts["lpips"], rec, x))
             loss = loss + t.perceptual * metrics["perceptual"]
-        if self.use_disc:
+        if disc_on:
             fake_logits = nnx.merge(self.disc_graphdef, extra["disc"])(rec)
             metrics["adv"] = generator_adv_loss(fake_logits, self.cfg.disc.loss)
             loss = loss + jnp.where(step >= self.cfg.disc.start, self.cfg.disc.weight, 0.0) * metrics["adv"]
@@ -107,13 +109,13 @@ class TokenizerTask:
         metrics.update({"loss": loss, "l1": l1, "l2": l2, "commit": commit, "codebook": codebook,
                         "psnr": -10 * jnp.log10(mse01 + 1e-10), "usage": jnp.mean(counts > 0) * 100})
         aux = {"counts": counts, "features": jax.lax.stop_gradient(f)}
-        if self.use_disc:
+        if disc_on:
             aux.update(real=x, fake=jax.lax.stop_gradient(rec))
         return loss, (metrics, aux)
 
     def post_update(self, params, extra, aux, step, key):
         params, extra = self._reseed_dead_codes(params, extra, aux, step, key)
-        if not self.use_disc:
+        if "fake" not in aux:  # no discriminator, or not yet (the phase before disc.start)
             return params, extra, {}
         return (params, *self._disc_update(extra, aux, step))
 
