@@ -105,14 +105,17 @@ def cmd_plan(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    if args.npz:  # an evaluation set, resumable, in the ADM suite's format
+    if args.npz:  # an evaluation set, resumable, in the ADM suite's format; every process of a run helps
+        from arjax import parallel
+        parallel.initialize()
         import arjax
         from arjax.sample.bulk import class_major_labels, sample_to_npz
         pipe = arjax.load(args.checkpoint)
         labels = class_major_labels(pipe.cfg.num_classes, args.per_class, args.classes)
         out = sample_to_npz(pipe, labels, args.npz, batch_size=args.batch_size, cfg=args.cfg, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed)
-        print(f"wrote {out} ({len(labels)} images)")
+        if parallel.is_main_process():
+            print(f"wrote {out} ({len(labels)} images)")
         return
     if args.classes is None:
         raise ValueError("--classes all is for --npz evaluation sets; a grid needs a short list, e.g. 207,360,387")

@@ -3,6 +3,7 @@ jax.distributed can be set before JAX starts. Driven by tests/test_sharding.py a
 
     python tests/multidevice_worker.py tokenizer OUT
     python tests/multidevice_worker.py sample OUT.npz
+    python tests/multidevice_worker.py tiny-model OUT  |  sample-npz MODEL OUT.npz
     python tests/multidevice_worker.py train WORKDIR TOKENIZER DATA FSDP TENSOR [STEPS]
     python tests/multidevice_worker.py restore WORKDIR TOKENIZER DATA FSDP TENSOR OUT.npz
 
@@ -90,12 +91,33 @@ def sample(out):
     np.savez(out, images=np.asarray(images), tokens=np.asarray(tokens), devices=len(images.sharding.device_set))
 
 
+def tiny_model(out):
+    """A saved tiny VAR model directory (deterministic initialisation)."""
+    import dataclasses
+
+    import arjax
+    from arjax.nn.models.var import VARConfig
+    from arjax.nn.tokenizers.msvq import VQVAEConfig
+    tok = VQVAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, vocab_size=64, z_channels=8, patch_nums=(1, 2, 4),
+                      using_sa=False)
+    var = VARConfig(depth=1, embed_dim=32, num_heads=2, vocab_size=64, cvae=8, patch_nums=(1, 2, 4), num_classes=3,
+                    init_head=1.0)
+    arjax.save(arjax.build({"family": "var", "tokenizer": dataclasses.asdict(tok), "model": dataclasses.asdict(var)}),
+               out)
+
+
 def main(argv):
     cmd = argv[0]
     if cmd == "tokenizer":
         return make_tokenizer(argv[1])
     if cmd == "sample":
         return sample(argv[1])
+    if cmd == "tiny-model":
+        return tiny_model(argv[1])
+    if cmd == "sample-npz":  # the real command line; joins a multi-process run from the environment
+        from arjax.cli import main as arjax_main
+        return arjax_main(["sample", "--checkpoint", argv[1], "--classes", "all", "--per-class", "5",
+                           "--batch-size", "2", "--top-k", "20", "--npz", argv[2]])
     workdir, tok, data, fsdp, tensor = argv[1], argv[2], *map(int, argv[3:6])
     if cmd == "train":  # the real command line (it joins the multi-process run from the environment)
         from arjax.cli import main as arjax_main

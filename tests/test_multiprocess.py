@@ -93,3 +93,15 @@ def _free_port():
     from local import free_port
     return free_port()
 
+
+
+def test_two_processes_write_one_evaluation_set(tmp_path, run_worker):
+    """Each process samples its share of the batches; the assembled file equals a one-process run."""
+    model = tmp_path / "model"
+    run_worker(["tiny-model", model], devices=1)
+    run_worker(["sample-npz", model, tmp_path / "one.npz"], devices=1)
+    r = _launch(["sample-npz", model, tmp_path / "two.npz"], processes=2, devices=2)
+    assert r.returncode == 0, r.stderr[-5000:]
+    one, two = np.load(tmp_path / "one.npz")["arr_0"], np.load(tmp_path / "two.npz")["arr_0"]
+    assert one.shape[0] == 15 and not (tmp_path / "two.npz.parts").exists()
+    assert np.abs(one.astype(int) - two).max() <= 1

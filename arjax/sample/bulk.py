@@ -4,7 +4,8 @@ Each batch is written as its own .npy under OUT.parts/ (temp file + rename, so a
 half-written part) and skipped when rerun; at the end the parts become one OUT.npz with `arr_0`
 (N, H, W, 3) uint8 in class-major order, the format of the ADM evaluation suite VAR reports with.
 Sample i draws from fold_in(key(seed), i) whatever the batch size, and each batch is split over all
-local devices by `Pipeline.sample`.
+local devices by `Pipeline.sample`. In a multi-process run each process samples every P-th batch into
+the shared OUT.parts/ and process 0 assembles the file, so all devices of all hosts take part.
 """
 from __future__ import annotations
 
@@ -28,9 +29,12 @@ def sample_to_npz(pipe, labels, out, *, batch_size: int = 64, cfg: float = 1.5, 
         raise ValueError(f"--npz {out}: the output must end in .npz")
     parts = out.with_name(out.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
+    import jax
     starts = range(0, len(labels), batch_size)
-    todo = [s for s in starts if not (parts / f"{s:09d}.npy").exists()]
-    with tqdm(total=len(labels), initial=len(labels) - sum(len(labels[s:s + batch_size]) for s in todo),
+    mine = starts[jax.process_index()::jax.process_count()]
+    todo = [s for s in mine if not (parts / f"{s:09d}.npy").exists()]
+    mine_total = sum(len(labels[s:s + batch_size]) for s in mine)
+    with tqdm(total=mine_total, initial=mine_total - sum(len(labels[s:s + batch_size]) for s in todo),
               desc="sampling", unit="img", disable=not progress) as bar:
         for s in todo:
             images = pipe.sample(labels[s:s + batch_size], cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
@@ -40,6 +44,11 @@ def sample_to_npz(pipe, labels, out, *, batch_size: int = 64, cfg: float = 1.5, 
             np.save(tmp, pixels)
             os.replace(tmp, parts / f"{s:09d}.npy")
             bar.update(len(pixels))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("arjax: every process wrote its samples")
+        if jax.process_index() != 0:
+            return out
     arr = np.concatenate([np.load(parts / f"{s:09d}.npy") for s in starts])
     np.savez(out, arr_0=arr)
     shutil.rmtree(parts)
