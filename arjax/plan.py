@@ -85,9 +85,7 @@ def plan(cfg, devices=None) -> Plan:
     cost = cost[0] if isinstance(cost, list) else cost
 
     def per_device(tree) -> int:
-        return sum(int(np.prod(s.shard_shape(x.shape))) * x.dtype.itemsize
-                   for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(
-                       jax.tree.map(lambda x: x.sharding, tree))))
+        return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
     return Plan(mesh=dict(mesh.shape), devices=mesh.size, device_kind=mesh.devices.flat[0].device_kind,
                 params_bytes=per_device(state["params"]), opt_bytes=per_device(state["opt_state"]),
