@@ -133,8 +133,8 @@ def make_dataset(source, *, image_size: int | None = None, batch_size: int, seed
         examples_per_epoch = len(source)
     else:
         ds = process_shard(len(source), process_index, process_count)
-        ds = ds.repeat(num_epochs or 1).map_with_index(_with_position)
         examples_per_epoch = len(ds)
+        ds = ds.repeat(num_epochs or 1).map_with_index(_with_position)
     ds = ds[start_position:].map(_LoadExample(source, image_size, seed, train, augment, examples_per_epoch))
     ds = ds.to_iter_dataset(read_options or grain.ReadOptions())  # drops the Nones of unreadable images
     ds = ds.batch(batch_size, drop_remainder=train)
