@@ -72,10 +72,14 @@ def cmd_train(args) -> dict:
     from arjax import parallel
     # before anything touches a device: a multi-process run must be joined first
     parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+    return _train(args.config, args.workdir, args.set)
+
+
+def _train(config: str, workdir, overrides) -> dict:
+    from arjax import parallel
     from arjax.config import load_config
     from arjax.train.trainer import train
-    cfg = load_config(args.config, args.set)
-    summary = train(cfg, args.workdir)
+    summary = train(load_config(config, list(overrides)), workdir)
     if parallel.is_main_process():
         _print_summary(summary)
     return summary
@@ -132,8 +136,7 @@ def _train_stage(config: str, workdir: Path, overrides=()) -> dict:
         if summary.get("finished"):
             print(f"{workdir}: already trained, reusing")
             return summary
-    return cmd_train(argparse.Namespace(config=config, workdir=str(workdir), set=list(overrides),
-                                        coordinator=None, num_processes=None, process_id=None))
+    return _train(config, workdir, overrides)
 
 
 def cmd_quickstart(args) -> None:

@@ -122,6 +122,18 @@ def tree_shardings(tree, mesh: Mesh):
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
+def sharded_abstract(init_fn, mesh: Mesh):
+    """The shapes `init_fn()` would produce, as ShapeDtypeStructs carrying their shardings: what a state is
+    created into (`jit(init_fn, out_shardings=...)`), restored onto, or compiled against, without allocating."""
+    shapes = jax.eval_shape(init_fn)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                        tree_shardings(shapes, mesh))
+
+
+def shardings_of(tree):
+    return jax.tree.map(lambda x: x.sharding, tree)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
@@ -231,3 +243,10 @@ def _on_tpu_pod() -> bool:
 
 def is_main_process() -> bool:
     return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process of a multi-process run got here; nothing to do in a single process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)

@@ -67,10 +67,8 @@ def plan(cfg, devices=None) -> Plan:
     task = _abstract_task(cfg) if cfg.task == "var" else TASKS[cfg.task](cfg)
     mesh = parallel.make_mesh(cfg.mesh.to_dict(), devices)
     tx, _ = build_optimizer(cfg)
-    init = state_initializer(task, tx, cfg)
-    shapes = jax.eval_shape(init)
-    state_sh = parallel.tree_shardings(shapes, mesh)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, state_sh)
+    state = parallel.sharded_abstract(state_initializer(task, tx, cfg), mesh)
+    state_sh = parallel.shardings_of(state)
     rep, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     consts = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
                           jax.eval_shape(task.constants))
@@ -92,7 +90,7 @@ def plan(cfg, devices=None) -> Plan:
                 ema_bytes=per_device(state["ema"]), argument_bytes=mem.argument_size_in_bytes,
                 output_bytes=mem.output_size_in_bytes, alias_bytes=mem.alias_size_in_bytes,
                 temp_bytes=mem.temp_size_in_bytes, flops=float(cost.get("flops", 0.0)),
-                num_params=sum(x.size for x in jax.tree.leaves(shapes["params"])))
+                num_params=sum(x.size for x in jax.tree.leaves(state["params"])))
 
 
 def _abstract_task(cfg):

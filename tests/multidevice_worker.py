@@ -66,8 +66,8 @@ def restore(workdir, tokenizer_dir, data, fsdp, tensor, out):
                             process_count=jax.process_count(), start_position=start)
 
     ckpt = checkpoint.RunCheckpointer(Path(workdir) / "checkpoints")
-    state, it = trainer._resume(ckpt, init_state, parallel.tree_shardings(jax.eval_shape(init_state), mesh),
-                                iter(dataset()), dataset, local, True)
+    state, it = trainer._resume(ckpt, parallel.sharded_abstract(init_state, mesh), iter(dataset()), dataset, local,
+                                True)
     ckpt.close()
     flat = {parallel.path_str(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
     np.savez(out, next_tokens=next(it)["tokens"], step=int(state["step"]), **{f"state/{k}": v for k, v in flat.items()})

@@ -44,11 +44,10 @@ def sample_to_npz(pipe, labels, out, *, batch_size: int = 64, cfg: float = 1.5, 
             np.save(tmp, pixels)
             os.replace(tmp, parts / f"{s:09d}.npy")
             bar.update(len(pixels))
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("arjax: every process wrote its samples")
-        if jax.process_index() != 0:
-            return out
+    from arjax import parallel
+    parallel.barrier("arjax: every process wrote its samples")
+    if not parallel.is_main_process():
+        return out
     arr = np.concatenate([np.load(parts / f"{s:09d}.npy") for s in starts])
     np.savez(out, arr_0=arr)
     shutil.rmtree(parts)

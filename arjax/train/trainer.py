@@ -118,10 +118,11 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
     init_state = state_initializer(task, tx, cfg)
 
     # shapes first, then the state is created (or restored) directly in its shards
-    state_sh = parallel.tree_shardings(jax.eval_shape(init_state), mesh)
+    abstract = parallel.sharded_abstract(init_state, mesh)
+    state_sh = parallel.shardings_of(abstract)
     ckpt = checkpoint.RunCheckpointer(workdir / "checkpoints", max_to_keep=cfg.checkpoint.keep)
     if ckpt.latest_step() is not None:
-        state, data_iter = _resume(ckpt, init_state, state_sh, data_iter, dataset, local_batch, main)
+        state, data_iter = _resume(ckpt, abstract, data_iter, dataset, local_batch, main)
         print_main(main, f"resuming {workdir} from step {int(state['step'])}")
     else:
         state = jax.jit(init_state, out_shardings=state_sh)()
@@ -276,23 +277,22 @@ def _prepare_source(task, source, workdir, progress):
     """A token cache is written once, by process 0; the others wait for it, then all read it."""
     if jax.process_count() == 1:
         return task.prepare_source(source, workdir, progress)
-    from jax.experimental import multihost_utils
     if parallel.is_main_process():
         task.prepare_source(source, workdir, progress)
-    multihost_utils.sync_global_devices("arjax: data source prepared")
+    parallel.barrier("arjax: data source prepared")
     return task.prepare_source(source, workdir, False)
 
 
-def _resume(ckpt, init_state, state_sh, data_iter, dataset, local_batch, main):
-    """Restore the latest checkpoint straight into `state_sh` (any mesh); the data iterator resumes from its
-    saved state, or, if the run now has another number of processes, from the step's position."""
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            jax.eval_shape(init_state), state_sh)
+def _resume(ckpt, abstract, data_iter, dataset, local_batch, main):
+    """Restore the latest checkpoint straight into the shardings of `abstract` (any mesh); the data iterator
+    resumes from its saved state, or, if the run now has another number of processes, from the step's
+    position."""
     step = ckpt.latest_step()
-    if ckpt.data_process_count(step) == jax.process_count():
+    saved_by = ckpt.data_process_count(step)
+    if saved_by == jax.process_count():
         return ckpt.restore(abstract, data_iter), data_iter
     state = ckpt.restore(abstract)
-    print_main(main, f"the data iterator of step {step} was saved by {ckpt.data_process_count(step)} processes; "
+    print_main(main, f"the data iterator of step {step} was saved by {saved_by} processes; "
                      f"this run has {jax.process_count()}: repositioning it by the step count")
     return state, iter(dataset(int(state["step"]) * local_batch))
 
@@ -304,17 +304,12 @@ def export(task, params, consts, directory, class_names=None) -> Path:
     directory = Path(directory)
     if directory.exists() and parallel.is_main_process():  # a rerun after completion re-exports
         shutil.rmtree(directory)
-    _barrier("arjax: export directory cleared")
+    parallel.barrier("arjax: export directory cleared")
     meta = task.export_meta()
     if class_names:
         meta["class_names"] = class_names
     return checkpoint.save_model(directory, meta, task.export_params(params, consts))
 
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
 
 
 def _check_same_config(cfg, workdir: Path, write: bool = True) -> None:
