@@ -1,4 +1,4 @@
-"""The `arjax` command: convert, init, sample, quickstart."""
+"""The `arjax` command: convert, init, train, sample, edit, eval, plan, quickstart."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +17,26 @@ def _int_list(text: str) -> list[int] | None:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def sampler_options(args) -> dict:
+    """The family-specific sampling flags that were given (the pipeline checks they apply)."""
+    opts = {"steps": getattr(args, "steps", None), "patch_nums": getattr(args, "patch_nums", None),
+            "cfg_style": getattr(args, "cfg_style", None)}
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+def add_sampler_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=_int_list, default=None,
+                   help="HMAR: masked steps per scale, e.g. 1,1,1,2,2,4 (default one per scale)")
+    p.add_argument("--patch-nums", type=_int_list, default=None,
+                   help="FlexVAR: any scale schedule; its last side sets the resolution (16 px per side step x "
+                        "the tokenizer's downsampling)")
+    p.add_argument("--cfg-style", choices=("var", "llamagen"), default=None,
+                   help="FlexVAR: VAR's ramped guidance or LlamaGen's constant one")
+
+
 def cmd_convert(args) -> None:
+    if args.family == "flexvar":
+        return cmd_convert_flexvar(args)
     from arjax.convert.var import convert_var
     t0 = time.time()
     print(f"converting VAR: tokenizer {args.vae}, transformer {args.var}")
@@ -26,6 +45,14 @@ def cmd_convert(args) -> None:
     m = read_meta(out)["model"]
     print(f"wrote {out} in {time.time() - t0:.1f}s: depth {m['depth']}, width {m['embed_dim']}, "
           f"heads {m['num_heads']}, schedule {tuple(m['patch_nums'])}, shared AdaLN {m['shared_aln']}")
+
+
+def cmd_convert_flexvar(args) -> None:
+    from arjax.convert.flexvar import convert_flexvar
+    t0 = time.time()
+    print(f"converting FlexVAR: tokenizer {args.vae}, transformer {args.var}")
+    out = convert_flexvar(args.vae, args.var, args.out)
+    print(f"wrote {out} in {time.time() - t0:.1f}s")
 
 
 def cmd_init(args) -> None:
@@ -39,7 +66,7 @@ def cmd_init(args) -> None:
 
 
 def sample_grid(checkpoint, classes, per_class, out, *, cfg, top_k, top_p, seed, more_smooth=False,
-                batch_size=16) -> Path:
+                batch_size=16, **options) -> Path:
     """Sample `per_class` images of each class and write a labelled PNG grid, with console progress.
     `checkpoint` is a model directory or a loaded `arjax.Pipeline`."""
     import jax
@@ -60,7 +87,7 @@ def sample_grid(checkpoint, classes, per_class, out, *, cfg, top_k, top_p, seed,
     with tqdm(total=len(labels), desc="sampling", unit="img") as bar:
         for s in range(0, len(labels), batch_size):
             chunk = pipe.sample(labels[s:s + batch_size], cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
-                                more_smooth=more_smooth, first_index=s)
+                                more_smooth=more_smooth, first_index=s, **options)
             images.append(np.asarray(chunk))
             bar.update(len(chunk))
     path = save_grid(out, np.concatenate(images), labels, per_row=per_class, class_names=pipe.class_names)
@@ -117,14 +144,35 @@ def cmd_sample(args) -> None:
         pipe = arjax.load(args.checkpoint)
         labels = class_major_labels(pipe.cfg.num_classes, args.per_class, args.classes)
         out = sample_to_npz(pipe, labels, args.npz, batch_size=args.batch_size, cfg=args.cfg, top_k=args.top_k,
-                            top_p=args.top_p, seed=args.seed)
+                            top_p=args.top_p, seed=args.seed, **sampler_options(args))
         if parallel.is_main_process():
             print(f"wrote {out} ({len(labels)} images)")
         return
     if args.classes is None:
         raise ValueError("--classes all is for --npz evaluation sets; a grid needs a short list, e.g. 207,360,387")
     sample_grid(args.checkpoint, args.classes, args.per_class, args.out, cfg=args.cfg, top_k=args.top_k,
-                top_p=args.top_p, seed=args.seed, more_smooth=args.more_smooth, batch_size=args.batch_size)
+                top_p=args.top_p, seed=args.seed, more_smooth=args.more_smooth, batch_size=args.batch_size,
+                **sampler_options(args))
+
+
+def cmd_edit(args) -> None:
+    """Zero-shot inpainting / outpainting / class-conditional editing of one image, as a before/after PNG."""
+    import numpy as np
+    from PIL import Image
+
+    import arjax
+    from arjax.sample import edit
+    pipe = arjax.load(args.checkpoint)
+    size = pipe.tokenizer.cfg.image_size
+    source = edit.load_image(args.image, size)
+    mask = edit.parse_mask(args.mask, size)
+    out = pipe.edit(source[None], mask, label=args.label, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                    seed=args.seed, **sampler_options(args))
+    row = edit.before_after(source, mask, np.asarray(out[0]))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(row).save(args.out)
+    print(f"wrote {args.out}: source | region regenerated ({int(mask.sum())} of {mask.size} pixels) | edited, "
+          f"class {args.label}")
 
 
 def _train_stage(config: str, workdir: Path, overrides=()) -> dict:
@@ -200,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="scale schedule; inferred from the checkpoint when omitted")
     cv.add_argument("--quant-resi", type=float, default=0.5, help="phi residual ratio (VAR: 0.5)")
     cv.set_defaults(fn=cmd_convert)
+    cf = csub.add_parser("flexvar", help="FlexVAR: FlexVAE.pth + FlexVAR transformer checkpoint")
+    cf.add_argument("--vae", required=True, help="tokenizer checkpoint (.pth or .safetensors)")
+    cf.add_argument("--var", required=True, help="transformer checkpoint (.pth or .safetensors)")
+    cf.add_argument("--out", required=True, help="output model directory (must not exist or be empty)")
+    cf.set_defaults(fn=cmd_convert)
 
     i = sub.add_parser("init", help="write a freshly initialised model from a config")
     i.add_argument("--config", required=True, help="e.g. configs/var.py:tiny")
@@ -221,7 +274,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="samples.png")
     s.add_argument("--npz", default="", help="write every sample to this .npz (arr_0 uint8, class-major; "
                    "e.g. --classes all --per-class 50 for a 50k FID set); resumable")
+    add_sampler_flags(s)
     s.set_defaults(fn=cmd_sample)
+
+    ed = sub.add_parser("edit", help="zero-shot inpainting, outpainting or class-conditional editing")
+    ed.add_argument("--checkpoint", required=True, help="model directory")
+    ed.add_argument("--image", required=True, help="source image (centre-cropped and resized to the model size)")
+    ed.add_argument("--mask", required=True, help="region to regenerate: box:x0,y0,x1,y1 in model pixels, or a "
+                    "PNG whose white pixels are regenerated; a leading ~ inverts it (outpainting: ~box:8,8,24,24)")
+    ed.add_argument("--label", type=int, required=True, help="class to generate the region as")
+    ed.add_argument("--cfg", type=float, default=1.5)
+    ed.add_argument("--top-k", type=int, default=900)
+    ed.add_argument("--top-p", type=float, default=0.96)
+    ed.add_argument("--seed", type=int, default=0)
+    ed.add_argument("--out", default="edit.png", help="before/after PNG: source | masked | edited")
+    add_sampler_flags(ed)
+    ed.set_defaults(fn=cmd_edit)
 
     t = sub.add_parser("train", help="train (or resume) a tokenizer or a VAR from a config")
     t.add_argument("--config", required=True, help="e.g. configs/quickstart.py:tokenizer")

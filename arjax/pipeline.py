@@ -14,13 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from arjax import family
 from arjax.nn.init import abstract_module, create
-from arjax.nn.models.var import VAR, VARConfig
-from arjax.nn.tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
-from arjax.sample.next_scale import sample_next_scale
+from arjax.sample import edit as editing
 from arjax.train import checkpoint
-
-FAMILIES = {"var": (MultiScaleVQVAE, VQVAEConfig, VAR, VARConfig)}
 
 
 def _check_images(images, size: int) -> np.ndarray:
@@ -65,114 +62,201 @@ def _check_labels(labels, num_classes: int) -> np.ndarray:
 
 
 class Tokenizer:
-    """images (B, H, W, 3) in [-1, 1] <-> tokens (B, L) int32, scales concatenated coarse to fine."""
+    """images (B, H, W, 3) in [-1, 1] <-> tokens (B, L) int32, scales concatenated coarse to fine.
 
-    def __init__(self, module: MultiScaleVQVAE, precision: str = "highest"):
+    A FlexVAR tokenizer (`any_schedule`) takes the scale schedule at call time (`patch_nums=`); the
+    others have one fixed schedule, their config's."""
+
+    def __init__(self, module, precision: str = "highest", any_schedule: bool = False):
         self.cfg = module.cfg
         self.graphdef, self.state = nnx.split(module)
         self.precision = precision
+        self.any_schedule = any_schedule
         gd = self.graphdef
-        self._encode = jax.jit(lambda st, x: nnx.merge(gd, st).encode(x))
-        self._decode = jax.jit(lambda st, t: nnx.merge(gd, st).decode(t))
-        self._var_input = jax.jit(lambda st, t: nnx.merge(gd, st).quantize.indices_to_var_input(t))
+        kw = (lambda pns: {"patch_nums": pns}) if any_schedule else (lambda pns: {})
+        self._encode = jax.jit(lambda st, x, pns: nnx.merge(gd, st).encode(x, **kw(pns)), static_argnums=2)
+        self._decode = jax.jit(lambda st, t, pns: nnx.merge(gd, st).decode(t, **kw(pns)), static_argnums=2)
+        self._var_input = jax.jit(lambda st, t, pns: nnx.merge(gd, st).quantize.indices_to_var_input(t, **kw(pns)),
+                                  static_argnums=2)
 
     @property
-    def module(self) -> MultiScaleVQVAE:
+    def module(self):
         return nnx.merge(self.graphdef, self.state)
 
-    @property
-    def seq_len(self) -> int:
-        return sum(pn * pn for pn in self.cfg.patch_nums)
+    def schedule(self, patch_nums=None) -> tuple[int, ...]:
+        """The scale schedule a call uses: the config's, or (FlexVAR only) the one asked for."""
+        if patch_nums is None or tuple(patch_nums) == tuple(self.cfg.patch_nums):
+            return tuple(self.cfg.patch_nums)
+        if not self.any_schedule:
+            raise ValueError(f"this tokenizer has the fixed schedule {tuple(self.cfg.patch_nums)}; only FlexVAR's "
+                             f"takes patch_nums at call time")
+        return check_schedule(patch_nums)
 
-    def encode(self, images) -> jax.Array:
+    def seq_len(self, patch_nums=None) -> int:
+        return sum(pn * pn for pn in self.schedule(patch_nums))
+
+    def encode(self, images, patch_nums=None) -> jax.Array:
+        pns = self.schedule(patch_nums)
         x = _check_images(images, self.cfg.image_size)
         with jax.default_matmul_precision(self.precision):
-            return self._encode(self.state, x)
+            return self._encode(self.state, x, pns)
 
-    def decode(self, idx) -> jax.Array:
-        t = _check_tokens(idx, self.seq_len, self.cfg.vocab_size)
+    def decode(self, idx, patch_nums=None) -> jax.Array:
+        pns = self.schedule(patch_nums)
+        t = _check_tokens(idx, self.seq_len(pns), self.cfg.vocab_size)
         with jax.default_matmul_precision(self.precision):
-            return self._decode(self.state, t)
+            return self._decode(self.state, t, pns)
 
-    def var_input(self, idx) -> jax.Array:
+    def var_input(self, idx, patch_nums=None) -> jax.Array:
         """Teacher-forcing input (B, L - pn_0**2, Cvae) of a token sequence."""
-        t = _check_tokens(idx, self.seq_len, self.cfg.vocab_size)
+        pns = self.schedule(patch_nums)
+        t = _check_tokens(idx, self.seq_len(pns), self.cfg.vocab_size)
         with jax.default_matmul_precision(self.precision):
-            return self._var_input(self.state, t)
+            return self._var_input(self.state, t, pns)
+
+
+def check_schedule(patch_nums) -> tuple[int, ...]:
+    pns = tuple(int(p) for p in patch_nums)
+    if not pns or pns[0] != 1 or any(p <= 0 for p in pns) or list(pns) != sorted(set(pns)):
+        raise ValueError(f"patch_nums must be increasing positive sides starting at 1, e.g. (1, 2, 3, 4, 6, 8); "
+                         f"got {tuple(patch_nums)}")
+    return pns
 
 
 class Pipeline:
-    """A tokenizer and a next-scale transformer, loaded from one model directory."""
+    """A tokenizer and a next-scale transformer of one family member, loaded from one model directory."""
 
-    def __init__(self, tokenizer: MultiScaleVQVAE, model: VAR, meta: dict | None = None,
-                 precision: str = "highest"):
-        self.tokenizer = Tokenizer(tokenizer, precision)
-        self.cfg: VARConfig = model.cfg
+    def __init__(self, tokenizer, model, meta: dict | None = None, precision: str = "highest"):
         self.meta = meta or {}
+        self.member = family.member(self.meta.get("family", "var"))
+        self.tokenizer = Tokenizer(tokenizer, precision, any_schedule=self.member.any_schedule)
+        self.cfg = model.cfg
         self.precision = precision
         self.graphdef, self.state = nnx.split(model)
-        gd, tgd = self.graphdef, self.tokenizer.graphdef
-        self._logits = jax.jit(lambda st, y, x: nnx.merge(gd, st)(y, x))
+        gd, tgd, member = self.graphdef, self.tokenizer.graphdef, self.member
+        kw = (lambda pns: {"patch_nums": pns}) if member.any_schedule else (lambda pns: {})
+        self._logits = jax.jit(lambda st, y, x, pns: nnx.merge(gd, st)(y, x, **kw(pns)), static_argnums=3)
 
-        def sample(tst, st, labels, keys, cfg, *, top_k, top_p, more_smooth):
-            return sample_next_scale(nnx.merge(tgd, tst), nnx.merge(gd, st), labels, keys,
-                                     cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+        def sample(tst, st, labels, keys, cfg, forced_tokens, forced_mask, *, top_k, top_p, options):
+            out = member.sample(nnx.merge(tgd, tst), nnx.merge(gd, st), labels, keys, cfg=cfg, top_k=top_k,
+                                top_p=top_p, forced_tokens=forced_tokens, forced_mask=forced_mask, **dict(options))
+            return out[0], out[1]
 
-        self._sample = jax.jit(sample, static_argnames=("top_k", "top_p", "more_smooth"))
+        self._sample = jax.jit(sample, static_argnames=("top_k", "top_p", "options"))
 
     @property
     def class_names(self) -> list[str] | None:
         return self.meta.get("class_names")
 
-    def _spread(self, labels, keys):
-        """With several local devices, split the batch over all of them (parameters replicated once).
-        The batch is padded to a multiple of the device count; each sample still draws only from its key."""
+    def _spread(self, *batch):
+        """With several local devices, split the batch arrays over all of them (parameters replicated
+        once). The batch is padded to a multiple of the device count; each sample still draws only from
+        its key."""
         devices = jax.local_devices()
         if len(devices) == 1:
-            return labels, keys, self.tokenizer.state, self.state
+            return (*batch, self.tokenizer.state, self.state)
         if getattr(self, "_spread_mesh", None) is None:
             self._spread_mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
             rep = jax.sharding.NamedSharding(self._spread_mesh, jax.sharding.PartitionSpec())
             self._replicated = jax.device_put((self.tokenizer.state, self.state), rep)
-        pad = -len(labels) % len(devices)
-        labels = jnp.concatenate([labels, jnp.repeat(labels[-1:], pad)])
-        keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad)])
         split = jax.sharding.NamedSharding(self._spread_mesh, jax.sharding.PartitionSpec("batch"))
-        return (jax.device_put(labels, split), jax.device_put(keys, split), *self._replicated)
+        pad = -len(batch[0]) % len(devices)
+        batch = [None if a is None else jax.device_put(jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), split)
+                 for a in batch]
+        return (*batch, *self._replicated)
 
-    def logits(self, idx, labels) -> jax.Array:
+    def _sampler_options(self, options: dict) -> tuple:
+        """Family-specific sampler keywords, checked here so a wrong one names itself."""
+        unknown = sorted(set(options) - set(self.member.options))
+        if unknown:
+            raise ValueError(f"sampling option(s) {unknown} do not apply to {self.member.name}; it takes "
+                             f"{list(self.member.options) or 'none'}")
+        opts = dict(options)
+        if opts.get("patch_nums") is not None:
+            opts["patch_nums"] = check_schedule(opts["patch_nums"])
+        if opts.get("steps") is not None:
+            opts["steps"] = self._check_steps(opts["steps"])
+        if "cfg_style" in opts and opts["cfg_style"] not in ("var", "llamagen"):
+            raise ValueError(f"cfg_style must be 'var' or 'llamagen'; got {opts['cfg_style']!r}")
+        if "more_smooth" in opts:
+            opts["more_smooth"] = bool(opts["more_smooth"])
+        return tuple(sorted((k, v) for k, v in opts.items() if v is not None))
+
+    def _check_steps(self, steps) -> tuple[int, ...]:
+        steps = tuple(int(s) for s in steps)
+        pns = self.cfg.patch_nums
+        if len(steps) != len(pns) or any(s < 1 or s > pn * pn for s, pn in zip(steps, pns)):
+            raise ValueError(f"steps must give 1..pn^2 masked steps for each of the {len(pns)} scales {tuple(pns)}; "
+                             f"got {steps}")
+        return steps
+
+    def schedule(self, patch_nums=None) -> tuple[int, ...]:
+        return self.tokenizer.schedule(patch_nums)
+
+    def logits(self, idx, labels, patch_nums=None) -> jax.Array:
         """Teacher-forced logits (B, L, V) float32 for tokens (B, L) and labels (B,)."""
         y = _check_labels(labels, self.cfg.num_classes)
-        x = self.tokenizer.var_input(idx)
+        x = self.tokenizer.var_input(idx, patch_nums)
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"got {y.shape[0]} labels for {x.shape[0]} token sequences")
         with jax.default_matmul_precision(self.precision):
-            return self._logits(self.state, y, x)
+            return self._logits(self.state, y, x, self.schedule(patch_nums))
 
     def sample(self, labels, *, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96, seed: int = 0,
                more_smooth: bool = False, return_tokens: bool = False, batch_size: int | None = None,
-               first_index: int = 0):
+               first_index: int = 0, **options):
         """Class-conditional samples (B, H, W, 3) float32 in [0, 1] (and tokens (B, L) with return_tokens).
 
         Sample i draws from `fold_in(key(seed), first_index + i)`, so results depend neither on
         `batch_size` nor on how a large request is split across calls (pass each call's offset).
+        Family options: `steps` (HMAR: masked steps per scale), `patch_nums` and `cfg_style` (FlexVAR:
+        any schedule / resolution, "var" or "llamagen" guidance), `more_smooth` (VAR).
         """
+        if more_smooth:
+            options["more_smooth"] = True
+        return self._generate(labels, None, None, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
+                              return_tokens=return_tokens, batch_size=batch_size, first_index=first_index,
+                              **options)
+
+    def edit(self, images, mask, *, label, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96, seed: int = 0,
+             return_tokens: bool = False, batch_size: int | None = None, **options):
+        """Zero-shot inpainting / outpainting / class-conditional editing.
+
+        images (B, H, W, 3) in [-1, 1]; mask (H, W) or (B, H, W), True where the image is regenerated.
+        The known region's tokens are teacher-forced at every scale (a token is known when its cell
+        holds no masked pixel), the rest is sampled conditioned on `label` (one class, or one per
+        image). Returns the edited images in [0, 1] (and their tokens with return_tokens).
+        """
+        x = _check_images(images, self.tokenizer.cfg.image_size)
+        opts = dict(self._sampler_options(options))
+        pns = self.schedule(opts.get("patch_nums"))
+        known = editing.known_tokens(editing.check_mask(mask, x.shape[:3]), pns)
+        labels = np.broadcast_to(_check_labels(label, self.cfg.num_classes), (len(x),))
+        tokens = np.asarray(self.tokenizer.encode(x, opts.get("patch_nums")))
+        return self._generate(labels, tokens, known, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
+                              return_tokens=return_tokens, batch_size=batch_size, first_index=0, **options)
+
+    def _generate(self, labels, forced_tokens, forced_mask, *, cfg, top_k, top_p, seed, return_tokens, batch_size,
+                  first_index, **options):
         y = _check_labels(labels, self.cfg.num_classes)
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = no top-k filter); got {top_k}")
         top_k = min(top_k, self.cfg.vocab_size)  # the FID default 900 also serves small vocabularies
         if not 0.0 <= top_p <= 1.0:
             raise ValueError(f"top_p must lie in [0, 1]; got {top_p}")
+        opts = self._sampler_options(options)
         base = jax.random.key(seed)
         keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(first_index + jnp.arange(len(y)))
         bs = batch_size or max(len(y), 1)
         images, tokens = [], []
         for s in range(0, len(y), bs):
             n = len(y[s:s + bs])
-            yb, kb, tst, st = self._spread(y[s:s + bs], keys[s:s + bs])
+            part = lambda a: None if a is None else jnp.asarray(a[s:s + bs])  # noqa: E731
+            yb, kb, ft, fm, tst, st = self._spread(jnp.asarray(y[s:s + bs]), keys[s:s + bs], part(forced_tokens),
+                                                   part(forced_mask))
             with jax.default_matmul_precision(self.precision):
-                img, tok, _ = self._sample(tst, st, yb, kb, jnp.float32(cfg), top_k=int(top_k), top_p=float(top_p),
-                                           more_smooth=bool(more_smooth))
+                img, tok = self._sample(tst, st, yb, kb, jnp.float32(cfg), ft, fm, top_k=int(top_k),
+                                        top_p=float(top_p), options=opts)
             images.append(img[:n])
             tokens.append(tok[:n])
         images, tokens = jnp.concatenate(images), jnp.concatenate(tokens)
@@ -181,18 +265,19 @@ class Pipeline:
 
 def build(meta: dict, seed: int = 0, precision: str = "highest") -> Pipeline:
     """A freshly initialised pipeline from a model description (the `arjax.json` contents)."""
-    tok_cls, tok_cfg_cls, model_cls, model_cfg_cls = _family(meta)
-    return Pipeline(create(tok_cls, tok_cfg_cls(**meta["tokenizer"]), seed),
-                    create(model_cls, model_cfg_cls(**meta["model"]), seed + 1), meta, precision)
+    member = _member(meta)
+    return Pipeline(create(member.tok.cls, member.tok.config_cls(**meta["tokenizer"]), seed),
+                    create(member.cls, member.config_cls(**meta["model"]), seed + 1), meta, precision)
 
 
 def load_tokenizer(directory, precision: str = "highest") -> Tokenizer:
     """Load only the tokenizer of a model directory (a trained tokenizer's or a full model's)."""
     meta = checkpoint.read_meta(directory)
-    cfg = VQVAEConfig(**meta["tokenizer"])
-    tok = abstract_module(MultiScaleVQVAE, cfg)
+    name = meta.get("family")
+    tok_family = family.tokenizer(name) if name in family.TOKENIZERS else _member(meta).tok
+    tok = abstract_module(tok_family.cls, tok_family.config_cls(**meta["tokenizer"]))
     _restore(directory, {"tokenizer": tok})
-    return Tokenizer(tok, precision)
+    return Tokenizer(tok, precision, any_schedule=tok_family.name == "flexvq")
 
 
 def load(directory, precision: str = "highest") -> Pipeline:
@@ -200,19 +285,19 @@ def load(directory, precision: str = "highest") -> Pipeline:
     meta = checkpoint.read_meta(directory)
     if not (Path(directory) / checkpoint.PARAMS_DIR).is_dir():
         raise FileNotFoundError(f"{Path(directory) / checkpoint.PARAMS_DIR} is missing: the model directory is incomplete")
-    if meta.get("family") == "msvq":
+    if meta.get("family") in family.TOKENIZERS:
         raise ValueError(f"{directory} holds a tokenizer only; use arjax.load_tokenizer, or train a "
                          f"generator on it (configs/quickstart.py:var)")
-    tok_cls, tok_cfg_cls, model_cls, model_cfg_cls = _family(meta)
-    tok_cfg, model_cfg = tok_cfg_cls(**meta["tokenizer"]), model_cfg_cls(**meta["model"])
-    tok, model = abstract_module(tok_cls, tok_cfg), abstract_module(model_cls, model_cfg)
+    member = _member(meta)
+    tok = abstract_module(member.tok.cls, member.tok.config_cls(**meta["tokenizer"]))
+    model = abstract_module(member.cls, member.config_cls(**meta["model"]))
     _restore(directory, {"tokenizer": tok, "model": model})
     return Pipeline(tok, model, meta, precision)
 
 
 def save(pipe: Pipeline, directory, **extra_meta) -> Path:
     """Write a pipeline's parameters and description as a model directory."""
-    meta = {"family": "var", "tokenizer": dataclasses.asdict(pipe.tokenizer.cfg),
+    meta = {"family": pipe.member.name, "tokenizer": dataclasses.asdict(pipe.tokenizer.cfg),
             "model": dataclasses.asdict(pipe.cfg), **pipe.meta, **extra_meta}
     params = {"tokenizer": nnx.to_pure_dict(nnx.state(pipe.tokenizer.module, nnx.Param)),
               "model": nnx.to_pure_dict(nnx.state(nnx.merge(pipe.graphdef, pipe.state), nnx.Param))}
@@ -229,8 +314,8 @@ def _restore(directory, modules: dict) -> None:
         nnx.update(m, state)
 
 
-def _family(meta: dict):
-    fam = meta.get("family")
-    if fam not in FAMILIES:
-        raise ValueError(f"unknown model family {fam!r} in arjax.json; known: {sorted(FAMILIES)}")
-    return FAMILIES[fam]
+def _member(meta: dict) -> family.Member:
+    try:
+        return family.member(meta.get("family"))
+    except ValueError as e:
+        raise ValueError(f"arjax.json: {e}") from None

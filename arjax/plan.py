@@ -61,10 +61,10 @@ def plan(cfg, devices=None) -> Plan:
     import numpy as np
 
     from arjax import parallel
-    from arjax.train.tasks import TASKS
+    from arjax.train.tasks import GENERATOR_TASKS, TASKS
     from arjax.train.trainer import build_optimizer, make_train_step, state_initializer
 
-    task = _abstract_task(cfg) if cfg.task == "var" else TASKS[cfg.task](cfg)
+    task = _abstract_task(cfg) if cfg.task in GENERATOR_TASKS else TASKS[cfg.task](cfg)
     mesh = parallel.make_mesh(cfg.mesh.to_dict(), devices)
     tx, _ = build_optimizer(cfg)
     state = parallel.sharded_abstract(state_initializer(task, tx, cfg), mesh)
@@ -94,26 +94,27 @@ def plan(cfg, devices=None) -> Plan:
 
 
 def _abstract_task(cfg):
-    """A VAR task on the trained tokenizer if it exists, else on the released VAR tokenizer's layout
-    (shapes only: planning reads no weights)."""
+    """A generator task on the trained tokenizer if it exists, else on its family's default layout (for
+    VAR the released vae_ch160v4096z32, 256 px); shapes only: planning reads no weights."""
     from pathlib import Path
 
-    from arjax.nn.tokenizers.msvq import VQVAEConfig
     from arjax.train.checkpoint import META_FILE, read_meta
-    from arjax.train.tasks import VARTask
+    from arjax.train.tasks import GENERATOR_TASKS
+    task_cls = GENERATOR_TASKS[cfg.task]
+    tok_cfg_cls = task_cls.member_info().tok.config_cls
     if (Path(cfg.tokenizer_dir) / META_FILE).is_file():
-        tok = VQVAEConfig(**read_meta(cfg.tokenizer_dir)["tokenizer"])
+        tok = tok_cfg_cls(**read_meta(cfg.tokenizer_dir)["tokenizer"])
     else:
-        tok = VQVAEConfig()  # vae_ch160v4096z32, 256 px
-    return VARTask(cfg, abstract_tokenizer=tok)
+        tok = tok_cfg_cls()
+    return task_cls(cfg, abstract_tokenizer=tok)
 
 
 def _batch_spec(cfg, task) -> dict:
     import numpy as np
     b = cfg.batch_size
     label = ((b,), np.int32)
-    if cfg.task == "var" and cfg.data.cache_tokens:
-        return {"tokens": ((b, task.model_cfg.seq_len), np.int32), "label": label}
+    if hasattr(task, "seq_len") and cfg.data.cache_tokens:
+        return {"tokens": ((b, task.seq_len), np.int32), "label": label}
     return {"image": ((b, task.image_size, task.image_size, 3), np.float32), "label": label}
 
 

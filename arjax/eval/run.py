@@ -32,7 +32,7 @@ def _check_builtin_classes(pipe) -> int:
 
 
 def sample_all_classes(pipe, labels, *, seed: int, cfg: float, top_k: int, top_p: float,
-                       batch_size: int = 64, progress: bool = True) -> np.ndarray:
+                       batch_size: int = 64, progress: bool = True, sample_options=None) -> np.ndarray:
     """Samples (N, S, S, 3) in [0, 1] for `labels`, in chunks of `batch_size` (the last one padded, so
     the sampler compiles once); sample i draws from key fold_in(seed, i) whatever the chunking."""
     labels = np.asarray(labels, np.int32)
@@ -40,7 +40,8 @@ def sample_all_classes(pipe, labels, *, seed: int, cfg: float, top_k: int, top_p
     for s in tqdm(range(0, len(labels), batch_size), desc="sampling", unit="batch", disable=not progress):
         chunk = labels[s:s + batch_size]
         padded = np.concatenate([chunk, np.zeros(batch_size - len(chunk), np.int32)])
-        images = pipe.sample(padded, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed, first_index=s)
+        images = pipe.sample(padded, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed, first_index=s,
+                             **(sample_options or {}))
         chunks.append(np.asarray(images, np.float32)[:len(chunk)])
     return np.concatenate(chunks)
 
@@ -54,7 +55,7 @@ def reconstruct(tokenizer, images01, batch_size: int = 64) -> np.ndarray:
 
 def evaluate_pipeline(pipe, *, per_class: int, seed: int = 0, cfg: float = 1.5, top_k: int = 900,
                       top_p: float = 0.96, classifier_dir=None, batch_size: int = 64, real_count: int | None = None,
-                      out_dir=None, progress: bool = True, log=print) -> dict:
+                      out_dir=None, progress: bool = True, log=print, sample_options=None) -> dict:
     """Sample `per_class` images of every class and score them (see metrics.evaluate_samples).
 
     classifier_dir: where classifiers are cached (default $ARJAX_CACHE/classifiers or ~/.cache/arjax/classifiers).
@@ -70,8 +71,8 @@ def evaluate_pipeline(pipe, *, per_class: int, seed: int = 0, cfg: float = 1.5, 
     classifier = get_classifier(size, classifier_dir, log=log)
 
     labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
-    images = sample_all_classes(pipe, labels, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
-                                batch_size=batch_size, progress=progress)
+    images = sample_all_classes(pipe, labels, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, batch_size=batch_size,
+                                progress=progress, sample_options=sample_options)
     real, real_labels = real_images01(real_count or len(labels), size, REFERENCE_SEED, num_classes)
     floor, floor_labels = real_images01(len(labels), size, FLOOR_SEED, num_classes)
 

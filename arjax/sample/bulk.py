@@ -22,7 +22,7 @@ def class_major_labels(num_classes: int, per_class: int, classes=None) -> np.nda
 
 
 def sample_to_npz(pipe, labels, out, *, batch_size: int = 64, cfg: float = 1.5, top_k: int = 900,
-                  top_p: float = 0.96, seed: int = 0, progress: bool = True) -> Path:
+                  top_p: float = 0.96, seed: int = 0, progress: bool = True, **options) -> Path:
     from tqdm import tqdm
     out = Path(out)
     if out.suffix != ".npz":
@@ -38,7 +38,7 @@ def sample_to_npz(pipe, labels, out, *, batch_size: int = 64, cfg: float = 1.5, 
               desc="sampling", unit="img", disable=not progress) as bar:
         for s in todo:
             images = pipe.sample(labels[s:s + batch_size], cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
-                                 first_index=s)
+                                 first_index=s, **options)
             pixels = np.clip(np.round(np.asarray(images) * 255), 0, 255).astype(np.uint8)
             tmp = parts / f"{s:09d}.tmp.npy"
             np.save(tmp, pixels)

@@ -16,7 +16,8 @@ from arjax.sample.filters import gumbel_softmax, top_k_top_p_filter
 
 
 def sample_next_scale(tokenizer: MultiScaleVQVAE, model: VAR, labels, keys, *, cfg: float = 1.5,
-                      top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False):
+                      top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
+                      forced_tokens=None, forced_mask=None):
     """labels (B,), keys (B,) one PRNG key per sample -> images (B, H, W, 3) in [0, 1], tokens (B, L)
     int32, and the top-2 guided logits at every position (B, L, 2).
 
@@ -25,6 +26,9 @@ def sample_next_scale(tokenizer: MultiScaleVQVAE, model: VAR, labels, keys, *, c
 
     `more_smooth` replaces the hard token by a Gumbel-softmax mixture of codes (VAR's visual option,
     not used for FID).
+
+    `forced_tokens` / `forced_mask` (B, L): zero-shot editing. Where the mask is set, the drawn token is
+    replaced by the forced one before it feeds the next scale (teacher forcing of the known region).
     """
     mcfg = model.cfg
     pns, b = mcfg.patch_nums, labels.shape[0]
@@ -49,11 +53,16 @@ def sample_next_scale(tokenizer: MultiScaleVQVAE, model: VAR, labels, keys, *, c
         step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, si)))(keys)
         idx = jax.vmap(lambda k, lg: jax.random.categorical(k, lg, axis=-1))(step_keys[:, 0], logits)
         idx = idx.astype(jnp.int32)
+        cur = slice(*bounds[si])
+        if forced_mask is not None:
+            idx = jnp.where(forced_mask[:, cur], forced_tokens[:, cur], idx)
         tokens.append(idx)
         if more_smooth:
             tau = max(0.27 * (1 - ratio * 0.95), 0.005)
             soft = jax.vmap(lambda k, lg: gumbel_softmax(k, lg, tau))(step_keys[:, 1], logits * (1 + ratio))
             emb = soft @ codebook
+            if forced_mask is not None:
+                emb = jnp.where(forced_mask[:, cur, None], jnp.take(codebook, idx, axis=0), emb)
         else:
             emb = jnp.take(codebook, idx, axis=0)
         f_hat, nxt = tokenizer.quantize.next_input(si, f_hat, emb.reshape(b, pn, pn, -1))

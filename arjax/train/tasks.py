@@ -12,22 +12,14 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from arjax.data.token_cache import TokenCache, encode_to_cache
+from arjax import family
 from arjax.nn.discriminator import DiscriminatorConfig, PatchDiscriminator
 from arjax.nn.init import abstract_module, create
 from arjax.nn.lpips import load_lpips, lpips_distance
-from arjax.nn.models.var import VAR, VARConfig
-from arjax.nn.tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
-from arjax.sample.next_scale import sample_next_scale
-from arjax.train import checkpoint
-from arjax.train.losses import (disc_loss, generator_adv_loss, straight_through, token_cross_entropy, var_metrics,
-                                vq_losses)
+from arjax.ops.resample import resize_area
+from arjax.train.generator_tasks import GENERATOR_TASKS, pure
+from arjax.train.losses import disc_loss, generator_adv_loss, straight_through, vq_losses
 from arjax.train.optim import make_optimizer
-from arjax.train.progressive import ProgressiveSchedule
-
-
-def _pure(module) -> dict:
-    return nnx.to_pure_dict(nnx.state(module, nnx.Param))
 
 
 class TokenizerTask:
@@ -36,10 +28,13 @@ class TokenizerTask:
     optionally an LPIPS perceptual loss (user-supplied VGG weights) and a PatchGAN discriminator
     trained by its own optimiser (its parameters and optimiser state live in `extra`)."""
 
+    family = "msvq"
+
     def __init__(self, cfg):
         self.cfg = cfg
-        self.model_cfg = VQVAEConfig(**cfg.tokenizer.to_dict())
-        self.graphdef = nnx.split(abstract_module(MultiScaleVQVAE, self.model_cfg))[0]
+        self.tok_family = family.tokenizer(self.family)
+        self.model_cfg = self.tok_family.config_cls(**cfg.tokenizer.to_dict())
+        self.graphdef = nnx.split(abstract_module(self.tok_family.cls, self.model_cfg))[0]
         self.image_size = self.model_cfg.image_size
         d = cfg.disc
         self.use_disc = d.weight > 0
@@ -60,13 +55,13 @@ class TokenizerTask:
         self.lpips = load_lpips(cfg.loss.lpips_vgg, cfg.loss.lpips_lin) if cfg.loss.perceptual > 0 else None
 
     def init_params(self, seed: int):
-        return _pure(create(MultiScaleVQVAE, self.model_cfg, seed))
+        return pure(create(self.tok_family.cls, self.model_cfg, seed))
 
     def init_extra(self):
         v = self.model_cfg.vocab_size
         extra = {"code_use": jnp.full((v,), 1.0 / v, jnp.float32)}  # running share of each code's use
         if self.use_disc:
-            disc = _pure(create(PatchDiscriminator, self.disc_cfg, self.cfg.seed + 1))
+            disc = pure(create(PatchDiscriminator, self.disc_cfg, self.cfg.seed + 1))
             extra.update(disc=disc, disc_opt=self.disc_tx.init(disc))
         return extra
 
@@ -88,13 +83,9 @@ class TokenizerTask:
         disc_on = self.use_disc and phase is not False
         vae = nnx.merge(self.graphdef, params)
         x = batch["image"]
-        f = vae.features(x)
-        idx_list, fhats = vae.quantize.quantize(f, cumulative=True)
-        commit, codebook = (sum(parts) / len(fhats) for parts in zip(*(vq_losses(f, fh, t.beta) for fh in fhats)))
-        rec = vae.decoder(vae.post_quant_conv(straight_through(f, fhats[-1])))
+        rec, idx_list, f, loss, metrics = self.reconstruct(vae, x)
         l1, l2 = jnp.mean(jnp.abs(rec - x)), jnp.mean(jnp.square(rec - x))
-        loss = t.l1 * l1 + t.l2 * l2 + commit + codebook
-        metrics = {}
+        loss = loss + t.l1 * l1 + t.l2 * l2
         if self.lpips:
             metrics["perceptual"] = jnp.mean(lpips_distance(self.lpips[0], consts["lpips"], rec, x))
             loss = loss + t.perceptual * metrics["perceptual"]
@@ -106,12 +97,22 @@ class TokenizerTask:
         for idx in idx_list:
             counts = counts.at[idx.reshape(-1)].add(1.0)
         mse01 = jnp.mean(jnp.square((jnp.clip(rec, -1, 1) - x) / 2))
-        metrics.update({"loss": loss, "l1": l1, "l2": l2, "commit": commit, "codebook": codebook,
+        metrics.update({"loss": loss, "l1": l1, "l2": l2,
                         "psnr": -10 * jnp.log10(mse01 + 1e-10), "usage": jnp.mean(counts > 0) * 100})
         aux = {"counts": counts, "features": jax.lax.stop_gradient(f)}
         if disc_on:
             aux.update(real=x, fake=jax.lax.stop_gradient(rec))
         return loss, (metrics, aux)
+
+    def reconstruct(self, vae, x):
+        """-> (full-size reconstruction, per-scale indices, encoder features, quantisation loss, metrics).
+        The commitment and codebook losses are averaged over the partial f_hat of every scale."""
+        t = self.cfg.loss
+        f = vae.features(x)
+        idx_list, fhats = vae.quantize.quantize(f, cumulative=True)
+        commit, codebook = (sum(parts) / len(fhats) for parts in zip(*(vq_losses(f, fh, t.beta) for fh in fhats)))
+        rec = vae.decoder(vae.post_quant_conv(straight_through(f, fhats[-1])))
+        return rec, idx_list, f, commit + codebook, {"commit": commit, "codebook": codebook}
 
     def post_update(self, params, extra, aux, step, key):
         params, extra = self._reseed_dead_codes(params, extra, aux, step, key)
@@ -156,105 +157,28 @@ class TokenizerTask:
         return (jnp.concatenate([x, rec]) + 1) / 2, None
 
     def export_meta(self):
-        return {"family": "msvq", "tokenizer": dataclasses.asdict(self.model_cfg)}
+        return {"family": self.family, "tokenizer": dataclasses.asdict(self.model_cfg)}
 
     def export_params(self, params, consts):
         return {"tokenizer": params}
 
 
-class VARTask:
-    """VAR on tokens of a frozen, already trained tokenizer (`cfg.tokenizer_dir`)."""
+class FlexTokenizerTask(TokenizerTask):
+    """FlexVAR's tokenizer (LlamaGen's VQ with an l2-normalised codebook, every scale quantised on its
+    own) trained to reconstruct every scale: scale k's codes decode to the image area-resized to
+    downsample * pn_k. The full-size scale carries the L1/L2 (and perceptual, adversarial) losses as
+    for the msvq tokenizer; the smaller scales add `loss.scale_recon` x their mean L1 + L2."""
+    family = "flexvq"
 
-    def __init__(self, cfg, abstract_tokenizer: VQVAEConfig | None = None):
-        """`abstract_tokenizer`: plan with this tokenizer layout and shape-only weights, reading nothing."""
-        self.cfg = cfg
-        if abstract_tokenizer is None:
-            self.tok_cfg = VQVAEConfig(**checkpoint.read_meta(cfg.tokenizer_dir)["tokenizer"])
-        else:
-            self.tok_cfg = abstract_tokenizer
-        tok_abstract = abstract_module(MultiScaleVQVAE, self.tok_cfg)
-        self.tok_graphdef = nnx.split(tok_abstract)[0]
-        if abstract_tokenizer is None:
-            self.tok_params = checkpoint.load_params(cfg.tokenizer_dir, {"tokenizer": _pure(tok_abstract)})["tokenizer"]
-        else:
-            self.tok_params = _pure(tok_abstract)
-        model = dict(cfg.model.to_dict(), vocab_size=self.tok_cfg.vocab_size, cvae=self.tok_cfg.z_channels,
-                     patch_nums=self.tok_cfg.patch_nums)
-        self.model_cfg = VARConfig(**model)
-        self.graphdef = nnx.split(abstract_module(VAR, self.model_cfg))[0]
-        self.image_size = self.tok_cfg.image_size
-        self.progressive = ProgressiveSchedule(
-            len(self.model_cfg.patch_nums), cfg.steps, cfg.optim.warmup_steps, **cfg.progressive.to_dict())
-
-    def init_params(self, seed: int):
-        return _pure(create(VAR, self.model_cfg, seed))
-
-    def init_extra(self):
-        return {}
-
-    def constants(self):
-        return {"tokenizer": self.tok_params}
-
-    def prepare_source(self, source, workdir, progress: bool):
-        """With data.cache_tokens, images are encoded once into workdir/token_cache and training reads
-        tokens (no encoder in the step; no crop/flip augmentation)."""
-        if not self.cfg.data.cache_tokens or isinstance(source, TokenCache):
-            return source
-        params, gd = self.tok_params, self.tok_graphdef
-        encode = jax.jit(lambda x: nnx.merge(gd, params).encode(x))
-        return encode_to_cache(workdir / "token_cache", source, encode, image_size=self.image_size,
-                               vocab=self.tok_cfg.vocab_size, batch_size=max(self.cfg.batch_size, 32),
-                               augment=self.cfg.data.augment, progress=progress)
-
-    def phase(self, step: int) -> int:
-        """The progressive-training stage (index of the last scale trained) at `step`."""
-        return self.progressive.stage(step)
-
-    def loss(self, params, extra, consts, batch, key, step, phase=None):
-        del extra
-        tok = nnx.merge(self.tok_graphdef, consts["tokenizer"])
-        mcfg, t = self.model_cfg, self.cfg.loss
-        if "tokens" in batch:  # from a token cache
-            tokens = batch["tokens"]
-        else:
-            tokens = jax.lax.stop_gradient(tok.encode(batch["image"]))
-        x_in = jax.lax.stop_gradient(tok.quantize.indices_to_var_input(tokens))
-        labels = batch["label"]
-        drop = jax.random.bernoulli(key, t.class_dropout, labels.shape)
-        labels = jnp.where(drop, mcfg.num_classes, labels)
-        stage = len(mcfg.patch_nums) - 1 if phase is None else phase
-        lens = mcfg.scale_lens[:stage + 1]
-        tokens = tokens[:, :sum(lens)]
-        logits = nnx.merge(self.graphdef, params)(labels, x_in, num_scales=stage + 1)
-        # uniform 1/L token weights over all L tokens (as the reference, also when only a prefix is
-        # trained); the newest scale of a progressive stage ramps in; summed over tokens, mean over batch
-        weights = jnp.full((sum(lens),), 1.0 / mcfg.seq_len)
-        weights = weights.at[sum(lens) - lens[-1]:].multiply(self.progressive.newest_scale_weight(stage, step))
-        loss = jnp.mean(jnp.sum(token_cross_entropy(logits, tokens, t.label_smoothing) * weights, axis=-1))
-        metrics = {"loss": loss, **var_metrics(logits, tokens, lens[-1])}
-        return loss, (metrics, {})
-
-    def post_update(self, params, extra, aux, step, key):
-        return params, extra, {}
-
-    def preview(self, params, consts, batch, seed: int):
-        """A few samples of each class, rows by class."""
-        s = self.cfg.sample
-        n_cls = min(self.model_cfg.num_classes, s.preview_classes)
-        labels = jnp.repeat(jnp.arange(n_cls), s.preview_per_class)
-        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(len(labels)))
-        tok = nnx.merge(self.tok_graphdef, consts["tokenizer"])
-        imgs, _, _ = sample_next_scale(tok, nnx.merge(self.graphdef, params), labels, keys, cfg=s.cfg,
-                                       top_k=min(s.top_k, self.model_cfg.vocab_size), top_p=s.top_p)
-        return imgs, labels
-
-    def export_meta(self):
-        return {"family": "var", "tokenizer": dataclasses.asdict(self.tok_cfg),
-                "model": dataclasses.asdict(self.model_cfg)}
-
-    def export_params(self, params, consts):
-        return {"tokenizer": consts["tokenizer"], "model": params}
+    def reconstruct(self, vae, x):
+        t, pns, ds = self.cfg.loss, self.model_cfg.patch_nums, self.model_cfg.downsample
+        recs, vq, idx_list = vae.reconstruct_scales(x, pns, t.beta)
+        small = [jnp.mean(jnp.abs(r - target)) + jnp.mean(jnp.square(r - target))
+                 for r, target in ((r, resize_area(x, ds * pn)) for r, pn in zip(recs[:-1], pns[:-1]))]
+        scale_rec = sum(small) / max(len(small), 1)
+        f = vae.features(x)  # the same computation as inside reconstruct_scales: XLA merges the two
+        return recs[-1], idx_list, f, vq + t.scale_recon * scale_rec, {"vq": vq, "scale_rec": scale_rec}
 
 
-TASKS = {"tokenizer": TokenizerTask, "var": VARTask}
+TASKS = {"tokenizer": TokenizerTask, "flex_tokenizer": FlexTokenizerTask, **GENERATOR_TASKS}
 

@@ -1,0 +1,239 @@
+"""Training the next-scale transformers (VAR, HMAR, FlexVAR) on a frozen, already trained tokenizer.
+
+`NextScaleTask` owns what the members share: loading the tokenizer named by `cfg.tokenizer_dir`, the
+token cache, class dropout, previews through the member's sampler and the export. Each member only
+says how a batch of tokens becomes a loss (`member_loss`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from arjax import family
+from arjax.data.token_cache import TokenCache, encode_to_cache
+from arjax.nn.init import abstract_module, create
+from arjax.train import checkpoint
+from arjax.train.losses import token_cross_entropy, var_metrics
+from arjax.train.progressive import ProgressiveSchedule
+
+
+def pure(module) -> dict:
+    return nnx.to_pure_dict(nnx.state(module, nnx.Param))
+
+
+class NextScaleTask:
+    name = "var"
+
+    def __init__(self, cfg, abstract_tokenizer=None):
+        """`abstract_tokenizer`: plan with this tokenizer config and shape-only weights, reading nothing."""
+        self.cfg = cfg
+        self.member = self.member_info()
+        tok_family = self.member.tok
+        if abstract_tokenizer is None:
+            meta = checkpoint.read_meta(cfg.tokenizer_dir)
+            found = meta.get("family")
+            found = found if found in family.TOKENIZERS else family.member(found).tok.name
+            if found != tok_family.name:
+                raise ValueError(f"tokenizer_dir={cfg.tokenizer_dir} holds a {found!r} tokenizer but {self.name} "
+                                 f"trains on a {tok_family.name!r} one")
+            self.tok_cfg = tok_family.config_cls(**meta["tokenizer"])
+        else:
+            self.tok_cfg = abstract_tokenizer
+        tok_abstract = abstract_module(tok_family.cls, self.tok_cfg)
+        self.tok_graphdef = nnx.split(tok_abstract)[0]
+        if abstract_tokenizer is None:
+            self.tok_params = checkpoint.load_params(cfg.tokenizer_dir, {"tokenizer": pure(tok_abstract)})["tokenizer"]
+        else:
+            self.tok_params = pure(tok_abstract)
+        model = dict(cfg.model.to_dict(), vocab_size=self.tok_cfg.vocab_size, cvae=self.tok_cfg.z_channels,
+                     patch_nums=self.tok_cfg.patch_nums)
+        known = {f.name for f in dataclasses.fields(self.member.config_cls)}
+        if unknown := sorted(set(model) - known):
+            raise ValueError(f"config keys model.{', model.'.join(unknown)} do not apply to {self.name}; its model "
+                             f"takes {sorted(known - {'vocab_size', 'cvae', 'patch_nums'})}")
+        self.model_cfg = self.member.config_cls(**model)
+        self.graphdef = nnx.split(abstract_module(self.member.cls, self.model_cfg))[0]
+        self.image_size = self.tok_cfg.image_size
+
+    @classmethod
+    def member_info(cls) -> family.Member:
+        return family.member(cls.name)
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per cached example (the tokenizer's full schedule)."""
+        return sum(pn * pn for pn in self.tok_cfg.patch_nums)
+
+    def init_params(self, seed: int):
+        return pure(create(self.member.cls, self.model_cfg, seed))
+
+    def init_extra(self):
+        return {}
+
+    def constants(self):
+        return {"tokenizer": self.tok_params}
+
+    def tokenizer(self, consts):
+        return nnx.merge(self.tok_graphdef, consts["tokenizer"])
+
+    def prepare_source(self, source, workdir, progress: bool):
+        """With data.cache_tokens, images are encoded once into workdir/token_cache and training reads
+        tokens (no encoder in the step; no crop/flip augmentation)."""
+        if not self.cfg.data.cache_tokens or isinstance(source, TokenCache):
+            return source
+        params, gd = self.tok_params, self.tok_graphdef
+        encode = jax.jit(lambda x: nnx.merge(gd, params).encode(x))
+        return encode_to_cache(workdir / "token_cache", source, encode, image_size=self.image_size,
+                               vocab=self.tok_cfg.vocab_size, batch_size=max(self.cfg.batch_size, 32),
+                               augment=self.cfg.data.augment, progress=progress)
+
+    def phase(self, step: int):
+        return None
+
+    def loss(self, params, extra, consts, batch, key, step, phase=None):
+        del extra
+        tok = self.tokenizer(consts)
+        if "tokens" in batch:  # from a token cache
+            tokens = batch["tokens"]
+        else:
+            tokens = jax.lax.stop_gradient(tok.encode(batch["image"]))
+        labels = batch["label"]
+        drop = jax.random.bernoulli(key, self.cfg.loss.class_dropout, labels.shape)
+        k_loss = jax.random.fold_in(key, 1)
+        labels = jnp.where(drop, self.model_cfg.num_classes, labels)
+        model = nnx.merge(self.graphdef, params)
+        loss, metrics = self.member_loss(model, tok, tokens, labels, k_loss, step, phase)
+        return loss, ({"loss": loss, **metrics}, {})
+
+    def member_loss(self, model, tok, tokens, labels, key, step, phase):
+        raise NotImplementedError
+
+    def post_update(self, params, extra, aux, step, key):
+        return params, extra, {}
+
+    def sample_options(self) -> dict:
+        return {}
+
+    def preview(self, params, consts, batch, seed: int):
+        """A few samples of each class, rows by class."""
+        s = self.cfg.sample
+        n_cls = min(self.model_cfg.num_classes, s.preview_classes)
+        labels = jnp.repeat(jnp.arange(n_cls), s.preview_per_class)
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(len(labels)))
+        out = self.member.sample(self.tokenizer(consts), nnx.merge(self.graphdef, params), labels, keys, cfg=s.cfg,
+                                 top_k=min(s.top_k, self.model_cfg.vocab_size), top_p=s.top_p,
+                                 **self.sample_options())
+        return out[0], labels
+
+    def export_meta(self):
+        return {"family": self.name, "tokenizer": dataclasses.asdict(self.tok_cfg),
+                "model": dataclasses.asdict(self.model_cfg)}
+
+    def export_params(self, params, consts):
+        return {"tokenizer": consts["tokenizer"], "model": params}
+
+
+class VARTask(NextScaleTask):
+    """VAR: block-causal next-scale prediction, uniform 1/L token weights, optional progressive training."""
+    name = "var"
+
+    def __init__(self, cfg, abstract_tokenizer=None):
+        super().__init__(cfg, abstract_tokenizer)
+        self.progressive = ProgressiveSchedule(
+            len(self.model_cfg.patch_nums), cfg.steps, cfg.optim.warmup_steps, **cfg.progressive.to_dict())
+
+    def phase(self, step: int) -> int:
+        """The progressive-training stage (index of the last scale trained) at `step`."""
+        return self.progressive.stage(step)
+
+    def member_loss(self, model, tok, tokens, labels, key, step, phase):
+        mcfg = self.model_cfg
+        x_in = jax.lax.stop_gradient(tok.quantize.indices_to_var_input(tokens))
+        stage = len(mcfg.patch_nums) - 1 if phase is None else phase
+        lens = mcfg.scale_lens[:stage + 1]
+        tokens = tokens[:, :sum(lens)]
+        logits = model(labels, x_in, num_scales=stage + 1)
+        # uniform 1/L token weights over all L tokens (as the reference, also when only a prefix is
+        # trained); the newest scale of a progressive stage ramps in; summed over tokens, mean over batch
+        weights = jnp.full((sum(lens),), 1.0 / mcfg.seq_len)
+        weights = weights.at[sum(lens) - lens[-1]:].multiply(self.progressive.newest_scale_weight(stage, step))
+        ce = token_cross_entropy(logits, tokens, self.cfg.loss.label_smoothing)
+        return jnp.mean(jnp.sum(ce * weights, axis=-1)), var_metrics(logits, tokens, lens[-1])
+
+
+class HMARTask(NextScaleTask):
+    """HMAR: Markovian (block-diagonal) next-scale prediction plus the masked branch within a scale,
+    with per-scale loss weights (`model.scale_weights`)."""
+    name = "hmar"
+
+    def __init__(self, cfg, abstract_tokenizer=None):
+        super().__init__(cfg, abstract_tokenizer)
+        from arjax.train.hmar_loss import config_token_weights
+        self.weights = config_token_weights(self.model_cfg)
+
+    def member_loss(self, model, tok, tokens, labels, key, step, phase):
+        from arjax.train.hmar_loss import hmar_loss
+        x_in = jax.lax.stop_gradient(tok.quantize.indices_to_var_input(tokens))
+        return hmar_loss(model, tokens, x_in, labels, key, weights=jnp.asarray(self.weights),
+                         mask_weight=self.cfg.loss.mask_weight, label_smoothing=self.cfg.loss.label_smoothing)
+
+    def sample_options(self) -> dict:
+        steps = tuple(self.cfg.sample.steps) or None
+        return {"steps": steps} if steps else {}
+
+
+class FlexVARTask(NextScaleTask):
+    """FlexVAR: each step trains on one schedule drawn from `flex.num_schedules` sub-schedules of the
+    tokenizer's scales (the full one included). Scales are quantised independently, so a sub-schedule's
+    tokens are a selection of the cached full-schedule tokens. The schedule is the step's static phase:
+    one compiled step per schedule, drawn as a pure function of the step (resumption reproduces it)."""
+    name = "flexvar"
+
+    def __init__(self, cfg, abstract_tokenizer=None):
+        super().__init__(cfg, abstract_tokenizer)
+        self.schedules = train_schedules(self.tok_cfg.patch_nums, cfg.flex.num_schedules, cfg.flex.min_scales,
+                                         cfg.seed)
+
+    def phase(self, step: int) -> int:
+        return int(np.random.default_rng([self.cfg.seed, step]).integers(len(self.schedules)))
+
+    def member_loss(self, model, tok, tokens, labels, key, step, phase):
+        full = tuple(self.tok_cfg.patch_nums)
+        pns = self.schedules[0 if phase is None else phase]
+        bounds = dict(zip(full, np.cumsum([0] + [pn * pn for pn in full])[:-1]))
+        tokens = jnp.concatenate([tokens[:, bounds[pn]:bounds[pn] + pn * pn] for pn in pns], axis=1)
+        x_in = jax.lax.stop_gradient(tok.quantize.indices_to_var_input(tokens, patch_nums=pns))
+        logits = model(labels, x_in, patch_nums=pns)
+        ce = token_cross_entropy(logits, tokens, self.cfg.loss.label_smoothing)
+        return jnp.mean(ce), var_metrics(logits, tokens, pns[-1] ** 2)
+
+    def sample_options(self) -> dict:
+        return {"cfg_style": self.cfg.sample.cfg_style}
+
+
+def train_schedules(full, count: int, min_scales: int, seed: int) -> list[tuple[int, ...]]:
+    """The full schedule, then `count - 1` distinct random sub-schedules that keep its first and last
+    scales and at least `min_scales` scales (fewer if not that many distinct ones exist)."""
+    full = tuple(full)
+    if count < 1:
+        raise ValueError(f"flex.num_schedules must be >= 1; got {count}")
+    if not 2 <= min_scales <= len(full):
+        raise ValueError(f"flex.min_scales must lie in [2, {len(full)}] for the schedule {full}; got {min_scales}")
+    rng = np.random.default_rng(seed)
+    out, inner = [full], full[1:-1]
+    for _ in range(100 * count):
+        if len(out) == count:
+            break
+        k = int(rng.integers(min_scales - 2, len(inner) + 1))
+        keep = sorted(rng.choice(len(inner), size=k, replace=False))
+        cand = (full[0], *(inner[i] for i in keep), full[-1])
+        if cand not in out:
+            out.append(cand)
+    return out
+
+
+GENERATOR_TASKS = {t.name: t for t in (VARTask, HMARTask, FlexVARTask)}
