@@ -4,7 +4,8 @@
 block-sparse kernels are tested against, and what "auto" picks until the Pallas kernel has been
 measured faster on a GPU/TPU (benchmarks/attention.py). `impl="pallas"` is the block-sparse flash
 kernel of `arjax.ops.block_sparse` (run interpreted on CPU); KV-cached steps, where queries see every
-cached key and no mask applies, always take the dense path.
+cached key and no mask applies, always take the dense path. With "auto"/"xla", block-diagonal masks
+(HMAR) run dense attention per scale on static slices: no L x L scores, and it equals the masked result.
 """
 from __future__ import annotations
 
@@ -60,5 +61,19 @@ def attention(q, k, v, *, scale_lens=None, mask: str = "block_causal", impl: str
         from arjax.ops.block_sparse import block_sparse_attention
         return block_sparse_attention(q, k, v, scale_lens=scale_lens, mask=mask, scale=scale,
                                       interpret=interpret or jax.default_backend() == "cpu")
+    if mask == "block_diagonal":
+        return per_scale_attention(q, k, v, scale_lens, scale=scale)
     m = build_mask(mask, scale_lens, q.shape[1], k.shape[1])
     return dense_attention(q, k, v, None if m is None else jnp.asarray(m), scale=scale)
+
+
+def per_scale_attention(q, k, v, scale_lens, *, scale: float | None = None):
+    """Block-diagonal attention as one dense attention per scale (static slices), concatenated: the
+    cost is sum(n_k^2) instead of L^2, the result that of the masked dense softmax."""
+    if q.shape[1] != k.shape[1] or scale_lens is None or sum(scale_lens) != q.shape[1]:
+        build_mask("block_diagonal", scale_lens, q.shape[1], k.shape[1])  # raises the usual error
+    outs, s = [], 0
+    for n in scale_lens:
+        outs.append(dense_attention(q[:, s:s + n], k[:, s:s + n], v[:, s:s + n], scale=scale))
+        s += n
+    return jnp.concatenate(outs, axis=1)
