@@ -17,10 +17,10 @@ def _resolve(path: str):
 
 
 @dataclasses.dataclass(frozen=True)
-class Tokenizer:
+class _Parts:
     name: str
     module: str        # "package.module.Class"
-    config: str
+    config: str        # its config dataclass
 
     @property
     def cls(self):
@@ -32,24 +32,18 @@ class Tokenizer:
 
 
 @dataclasses.dataclass(frozen=True)
-class Member:
-    name: str
-    tokenizer: str     # key of TOKENIZERS
-    module: str
-    config: str
-    sampler: str
+class Tokenizer(_Parts):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Member(_Parts):
+    tokenizer: str = "msvq"  # key of TOKENIZERS
+    sampler: str = ""
     # sampler keywords beyond cfg / top_k / top_p, all static (they change the compiled loop)
     options: tuple[str, ...] = ()
     # the model and tokenizer take a scale schedule at call time (FlexVAR)
     any_schedule: bool = False
-
-    @property
-    def cls(self):
-        return _resolve(self.module)
-
-    @property
-    def config_cls(self):
-        return _resolve(self.config)
 
     @property
     def sample(self):
@@ -66,12 +60,13 @@ TOKENIZERS = {
 }
 
 MEMBERS = {
-    "var": Member("var", "msvq", "arjax.nn.models.var.VAR", "arjax.nn.models.var.VARConfig",
-                  "arjax.sample.next_scale.sample_next_scale", options=("more_smooth",)),
-    "hmar": Member("hmar", "msvq", "arjax.nn.models.hmar.HMAR", "arjax.nn.models.hmar.HMARConfig",
-                   "arjax.sample.hmar.sample_hmar", options=("steps",)),
-    "flexvar": Member("flexvar", "flexvq", "arjax.nn.models.flexvar.FlexVAR", "arjax.nn.models.flexvar.FlexVARConfig",
-                      "arjax.sample.flexvar.sample_flexvar", options=("patch_nums", "cfg_style"), any_schedule=True),
+    "var": Member("var", "arjax.nn.models.var.VAR", "arjax.nn.models.var.VARConfig", tokenizer="msvq",
+                  sampler="arjax.sample.next_scale.sample_next_scale", options=("more_smooth",)),
+    "hmar": Member("hmar", "arjax.nn.models.hmar.HMAR", "arjax.nn.models.hmar.HMARConfig", tokenizer="msvq",
+                   sampler="arjax.sample.hmar.sample_hmar", options=("steps",)),
+    "flexvar": Member("flexvar", "arjax.nn.models.flexvar.FlexVAR", "arjax.nn.models.flexvar.FlexVARConfig",
+                      tokenizer="flexvq", sampler="arjax.sample.flexvar.sample_flexvar",
+                      options=("patch_nums", "cfg_style"), any_schedule=True),
 }
 
 

@@ -231,7 +231,10 @@ class Pipeline:
         opts = dict(self._sampler_options(options))
         pns = self.schedule(opts.get("patch_nums"))
         known = editing.known_tokens(editing.check_mask(mask, x.shape[:3]), pns)
-        labels = np.broadcast_to(_check_labels(label, self.cfg.num_classes), (len(x),))
+        labels = _check_labels(label, self.cfg.num_classes)
+        if len(labels) not in (1, len(x)):
+            raise ValueError(f"give one label, or one per image ({len(x)}); got {len(labels)}")
+        labels = np.broadcast_to(labels, (len(x),))
         tokens = np.asarray(self.tokenizer.encode(x, opts.get("patch_nums")))
         return self._generate(labels, tokens, known, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
                               return_tokens=return_tokens, batch_size=batch_size, first_index=0, **options)

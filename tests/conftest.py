@@ -88,3 +88,16 @@ def reference_run(tmp_path_factory, tiny_tokenizer_dir, run_worker) -> Path:
     wd = tmp_path_factory.mktemp("reference_1dev")
     run_worker(["train", wd, tiny_tokenizer_dir, 1, 1, 1], devices=1)
     return wd
+
+
+def maxerr(got, want):
+    return float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))))
+
+
+def assert_close(name, got, want, atol):
+    """Parity check that prints the measured error (visible with -s) before asserting."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    err = maxerr(got, want)
+    print(f"[parity] {name}: max abs err {err:.3g} (atol {atol:g})")
+    assert err <= atol, f"{name}: max abs err {err:.3g} > atol {atol:g}"

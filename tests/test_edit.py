@@ -102,6 +102,8 @@ def test_edit_rejects_bad_masks(pipe):
         pipe.edit(x, np.ones((SIZE, SIZE + 1), bool), label=0)
     with pytest.raises(ValueError, match="no pixel"):
         pipe.edit(x, np.zeros((SIZE, SIZE), bool), label=0)
+    with pytest.raises(ValueError, match="one label, or one per image"):
+        pipe.edit(x, _box(0, 0, 4, 4), label=[0, 1, 2])
 
 
 def test_parse_mask_box_png_and_inversion(tmp_path):

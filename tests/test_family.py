@@ -2,7 +2,6 @@
 and HMAR train from `configs/family.py` with the same trainer, load with `arjax.load`, and sample with
 their sampling-time options (FlexVAR: another schedule and resolution; HMAR: masked steps). FlexVAR's
 training sub-schedules select tokens of the full schedule, checked against encoding at the sub-schedule."""
-import dataclasses
 from pathlib import Path
 
 import jax

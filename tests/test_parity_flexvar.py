@@ -13,23 +13,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import FIXTURES, nhwc
+from conftest import FIXTURES, assert_close, nhwc
 
 ATOL_FEAT = 1e-4    # features, var_input, positions, logits, CE
 ATOL_IMG = 5e-4     # decoded images
 SCHEDULES = ("std", "alt")
-
-
-def maxerr(got, want):
-    return float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))))
-
-
-def assert_close(name, got, want, atol):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
-    err = maxerr(got, want)
-    print(f"[parity] {name}: max abs err {err:.3g} (atol {atol:g})")
-    assert err <= atol, f"{name}: max abs err {err:.3g} > atol {atol:g}"
 
 
 def assert_equal_idx(name, got, want):
@@ -365,3 +353,19 @@ def test_sampling_at_an_unseen_schedule(tiny_runs):
     for images, tokens, top2 in out.values():
         assert images.shape == (3, 24, 24, 3) and tokens.shape == (3, l) and top2.shape == (3, l, 2)
         assert tokens.dtype == np.int32 and images.min() >= 0 and images.max() <= 1 and np.isfinite(top2).all()
+
+
+def test_cli_convert_then_public_api_matches_reference(files, cases, tmp_path, capsys):
+    """`arjax convert flexvar` -> `arjax.load` -> the pipeline's teacher-forced logits at the `alt`
+    schedule (a FlexVAR-only option of the public API) match the reference."""
+    import arjax
+    from arjax import cli
+    out = tmp_path / "model"
+    assert cli.main(["convert", "flexvar", "--vae", str(files / "vae.safetensors"), "--var",
+                     str(files / "var.safetensors"), "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    pipe = arjax.load(out)
+    alt = tuple(int(p) for p in cases["patch_nums_alt"])
+    logits = np.asarray(pipe.logits(cases["gt_idx_alt"], cases["labels"], patch_nums=alt), np.float64)
+    lse = np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1)) + logits.max(-1)
+    assert np.abs(lse - cases["logits_alt_lse"]).max() <= ATOL_FEAT

@@ -10,22 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import nhwc
+from conftest import assert_close, maxerr, nhwc
 
 ATOL_FEAT = 1e-4    # features, f-hat, logits, CE
 ATOL_IMG = 5e-4     # decoded images
-
-
-def maxerr(got, want):
-    return float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))))
-
-
-def assert_close(name, got, want, atol):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
-    err = maxerr(got, want)
-    print(f"[parity] {name}: max abs err {err:.3g} (atol {atol:g})")
-    assert err <= atol, f"{name}: max abs err {err:.3g} > atol {atol:g}"
 
 
 def jit_method(module, fn):

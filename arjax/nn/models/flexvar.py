@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from arjax.nn.adaln import AdaLNBeforeHead, AdaLNSelfAttn, linear
+from arjax.nn.adaln import AdaLNBeforeHead, linear
 from arjax.nn.init import torch_trunc_normal
-from arjax.nn.models.var import VAR, VARConfig
+from arjax.nn.models.var import VAR, VARConfig, block_stack
 from arjax.nn.tokenizers.flexvq import FLEXVAR_SCHEDULE
 from arjax.ops import scales
 from arjax.ops.resample import resize_area
@@ -52,10 +52,7 @@ class FlexVAR(nnx.Module):
         # Stored channel-first (1, C, G, G) exactly as the PyTorch parameter, so conversion is a copy.
         self.pos_1LC = nnx.Param(jnp.asarray(sincos_grid(cfg.pos_grid, c)))
         self.shared_ada_lin = linear(c, 6 * c, std, rngs, dtype=dtype) if cfg.shared_aln else None
-        self.blocks = nnx.List([
-            AdaLNSelfAttn(c, c, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, norm_eps=cfg.norm_eps,
-                          shared_aln=cfg.shared_aln, attn_l2_norm=cfg.attn_l2_norm, std=std, dtype=dtype, rngs=rngs)
-            for _ in range(cfg.depth)])
+        self.blocks = block_stack(cfg, cfg.depth, rngs)
         self.head_nm = AdaLNBeforeHead(c, c, norm_eps=cfg.norm_eps, std=std, rngs=rngs)
         self.head = linear(c, cfg.vocab_size, std, rngs)
         self._rescale_init()

@@ -17,9 +17,9 @@ import math
 import jax.numpy as jnp
 from flax import nnx
 
-from arjax.nn.adaln import AdaLNBeforeHead, AdaLNSelfAttn, linear
+from arjax.nn.adaln import AdaLNBeforeHead, linear
 from arjax.nn.init import torch_trunc_normal
-from arjax.nn.models.var import VAR, VARConfig
+from arjax.nn.models.var import VAR, VARConfig, block_stack, rescale_init
 from arjax.ops import scales
 from arjax.parallel import constrain
 
@@ -48,33 +48,15 @@ class HMAR(VAR):
         # VAR's parameters are drawn first, so a VAR and an HMAR of one seed share them
         super().__init__(cfg, rngs=rngs)
         c, std = cfg.embed_dim, math.sqrt(1 / cfg.embed_dim / 3)
-        dtype = jnp.dtype(cfg.dtype)
         if not cfg.mask_blocks:  # next-scale branch only
             self.mask_branch = self.mask_head_nm = self.mask_head = self.tok_embed = None
             return
-        self.mask_branch = nnx.List([
-            AdaLNSelfAttn(c, c, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, norm_eps=cfg.norm_eps,
-                          shared_aln=cfg.shared_aln, attn_l2_norm=cfg.attn_l2_norm, std=std, dtype=dtype, rngs=rngs)
-            for _ in range(cfg.mask_blocks)])
+        self.mask_branch = block_stack(cfg, cfg.mask_blocks, rngs)
         self.mask_head_nm = AdaLNBeforeHead(c, c, norm_eps=cfg.norm_eps, std=std, rngs=rngs)
         self.mask_head = linear(c, cfg.vocab_size, std, rngs)
         # row vocab_size is the [MASK] embedding
         self.tok_embed = nnx.Embed(cfg.vocab_size + 1, c, embedding_init=torch_trunc_normal(std), rngs=rngs)
-        self._rescale_mask_init()
-
-    def _rescale_mask_init(self):
-        """VAR's post-draw scalings, applied to the masked branch's own blocks and head."""
-        cfg, c = self.cfg, self.cfg.embed_dim
-        self.mask_head.kernel[...] = self.mask_head.kernel[...] * cfg.init_head
-        self.mask_head_nm.ada_lin.kernel[...] = self.mask_head_nm.ada_lin.kernel[...] * cfg.init_adaln
-        gain = jnp.concatenate([jnp.full((2 * c,), cfg.init_adaln_gamma), jnp.full((4 * c,), cfg.init_adaln)])
-        for blk in self.mask_branch:
-            blk.attn.proj.kernel[...] = blk.attn.proj.kernel[...] / math.sqrt(2 * cfg.depth)
-            blk.ffn.fc2.kernel[...] = blk.ffn.fc2.kernel[...] / math.sqrt(2 * cfg.depth)
-            if cfg.shared_aln:
-                blk.ada_gss[...] = blk.ada_gss[...] * gain.reshape(1, 1, 6, c)
-            else:
-                blk.ada_lin.kernel[...] = blk.ada_lin.kernel[...] * gain
+        rescale_init(cfg, self.mask_branch, self.mask_head_nm, self.mask_head)  # VAR's scheme for the new weights
 
     # -- pieces --------------------------------------------------------------------------------------
     @property

@@ -57,6 +57,31 @@ class VARConfig:
         return sum(self.scale_lens)
 
 
+def block_stack(cfg: VARConfig, n: int, rngs: nnx.Rngs) -> nnx.List:
+    """`n` AdaLN attention blocks of the config's width (every next-scale member builds its own)."""
+    c = cfg.embed_dim
+    return nnx.List([
+        AdaLNSelfAttn(c, c, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, norm_eps=cfg.norm_eps, shared_aln=cfg.shared_aln,
+                      attn_l2_norm=cfg.attn_l2_norm, std=math.sqrt(1 / c / 3), dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+        for _ in range(n)])
+
+
+def rescale_init(cfg: VARConfig, blocks, head_nm, head) -> None:
+    """The scalings VAR.init_weights applies after the truncated-normal draw (residual projections by
+    1/sqrt(2 depth), AdaLN gates and the head by their init factors)."""
+    c = cfg.embed_dim
+    head.kernel[...] = head.kernel[...] * cfg.init_head
+    head_nm.ada_lin.kernel[...] = head_nm.ada_lin.kernel[...] * cfg.init_adaln
+    gain = jnp.concatenate([jnp.full((2 * c,), cfg.init_adaln_gamma), jnp.full((4 * c,), cfg.init_adaln)])
+    for blk in blocks:
+        blk.attn.proj.kernel[...] = blk.attn.proj.kernel[...] / math.sqrt(2 * cfg.depth)
+        blk.ffn.fc2.kernel[...] = blk.ffn.fc2.kernel[...] / math.sqrt(2 * cfg.depth)
+        if cfg.shared_aln:  # (1, 1, 6, C): rows [gamma1, gamma2, scale1, scale2, shift1, shift2]
+            blk.ada_gss[...] = blk.ada_gss[...] * gain.reshape(1, 1, 6, c)
+        else:               # kernel (C, 6C): same order along the output axis
+            blk.ada_lin.kernel[...] = blk.ada_lin.kernel[...] * gain
+
+
 class VAR(nnx.Module):
     def __init__(self, cfg: VARConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -70,27 +95,13 @@ class VAR(nnx.Module):
         self.pos_1LC = nnx.Param(init(rngs.params(), (1, l, c)))
         self.lvl_embed = nnx.Embed(len(cfg.patch_nums), c, embedding_init=init, rngs=rngs)
         self.shared_ada_lin = linear(c, 6 * c, std, rngs, dtype=dtype) if cfg.shared_aln else None
-        self.blocks = nnx.List([
-            AdaLNSelfAttn(c, c, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, norm_eps=cfg.norm_eps,
-                          shared_aln=cfg.shared_aln, attn_l2_norm=cfg.attn_l2_norm, std=std, dtype=dtype, rngs=rngs)
-            for _ in range(cfg.depth)])
+        self.blocks = block_stack(cfg, cfg.depth, rngs)
         self.head_nm = AdaLNBeforeHead(c, c, norm_eps=cfg.norm_eps, std=std, rngs=rngs)
         self.head = linear(c, cfg.vocab_size, std, rngs)
         self._rescale_init()
 
     def _rescale_init(self):
-        """The scalings VAR.init_weights applies after the truncated-normal draw."""
-        cfg, c = self.cfg, self.cfg.embed_dim
-        self.head.kernel[...] = self.head.kernel[...] * cfg.init_head
-        self.head_nm.ada_lin.kernel[...] = self.head_nm.ada_lin.kernel[...] * cfg.init_adaln
-        gain = jnp.concatenate([jnp.full((2 * c,), cfg.init_adaln_gamma), jnp.full((4 * c,), cfg.init_adaln)])
-        for blk in self.blocks:
-            blk.attn.proj.kernel[...] = blk.attn.proj.kernel[...] / math.sqrt(2 * cfg.depth)
-            blk.ffn.fc2.kernel[...] = blk.ffn.fc2.kernel[...] / math.sqrt(2 * cfg.depth)
-            if cfg.shared_aln:  # (1, 1, 6, C): rows [gamma1, gamma2, scale1, scale2, shift1, shift2]
-                blk.ada_gss[...] = blk.ada_gss[...] * gain.reshape(1, 1, 6, c)
-            else:               # kernel (C, 6C): same order along the output axis
-                blk.ada_lin.kernel[...] = blk.ada_lin.kernel[...] * gain
+        rescale_init(self.cfg, self.blocks, self.head_nm, self.head)
 
     # -- pieces shared by teacher forcing and sampling -------------------------------------------
     def class_cond(self, labels):
