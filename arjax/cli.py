@@ -28,8 +28,8 @@ def add_sampler_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_int_list, default=None,
                    help="HMAR: masked steps per scale, e.g. 1,1,1,2,2,4 (default one per scale)")
     p.add_argument("--patch-nums", type=_int_list, default=None,
-                   help="FlexVAR: any scale schedule; its last side sets the resolution (16 px per side step x "
-                        "the tokenizer's downsampling)")
+                   help="FlexVAR: any scale schedule, e.g. 1,2,4,8,12; the image side is the last scale's side "
+                        "times the tokenizer's downsampling")
     p.add_argument("--cfg-style", choices=("var", "llamagen"), default=None,
                    help="FlexVAR: VAR's ramped guidance or LlamaGen's constant one")
 
@@ -227,7 +227,8 @@ def cmd_eval(args) -> None:
     from arjax.eval.run import evaluate_pipeline, format_report
     pipe = arjax.load(args.checkpoint)
     report = evaluate_pipeline(pipe, per_class=args.per_class, seed=args.seed, cfg=args.cfg, top_k=args.top_k,
-                               top_p=args.top_p, classifier_dir=args.classifier_dir)
+                               top_p=args.top_p, classifier_dir=args.classifier_dir,
+                               sample_options=sampler_options(args))
     print(format_report(report))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1, default=str))
@@ -319,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=1)
     e.add_argument("--classifier-dir", default=None, help="where the classifier is cached (trained if absent)")
     e.add_argument("--out", default=None, help="write the metrics as JSON")
+    add_sampler_flags(e)
     e.set_defaults(fn=cmd_eval)
 
     q = sub.add_parser("quickstart", help="the main job on CPU (see README)")
