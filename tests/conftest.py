@@ -101,3 +101,13 @@ def assert_close(name, got, want, atol):
     err = maxerr(got, want)
     print(f"[parity] {name}: max abs err {err:.3g} (atol {atol:g})")
     assert err <= atol, f"{name}: max abs err {err:.3g} > atol {atol:g}"
+
+
+@pytest.fixture(scope="session")
+def builtin_classifier_dir(tmp_path_factory) -> Path:
+    """The built-in dataset's 32 px evaluation classifier, trained once per test session (1000 steps),
+    at the cache layout `arjax eval` looks for."""
+    from arjax.eval import classifier
+    out = classifier.classifier_path(32, tmp_path_factory.mktemp("classifier"))
+    classifier.train_classifier(32, steps=1000, batch_size=32, seed=0, out_dir=out)
+    return out

@@ -50,7 +50,7 @@ def restore(workdir, tokenizer_dir, data, fsdp, tensor, out):
     from arjax import parallel
     from arjax.data import make_dataset, make_source
     from arjax.train import checkpoint, trainer
-    from arjax.train.tasks import VARTask
+    from arjax.train.generator_tasks import VARTask
 
     cfg = var_config(tokenizer_dir, data, fsdp, tensor)
     mesh = parallel.make_mesh(cfg.mesh.to_dict())

@@ -10,7 +10,7 @@ import pytest
 
 from arjax.data.synthetic import CLASS_NAMES, SyntheticShapes
 from arjax.eval import (REJECT, evaluate_pipeline, evaluate_samples, feature_stats, format_report, frechet_distance,
-                        get_classifier, load_classifier, train_classifier)
+                        get_classifier, load_classifier)
 from arjax.eval import classifier as classifier_module
 from arjax.eval.real_data import FLOOR_SEED, REFERENCE_SEED, real_images01
 from arjax.eval.recoloured import RecolouredShapes, recoloured_uint8
@@ -97,10 +97,9 @@ def test_recoloured_images_with_matching_classes_are_the_dataset_images():
 
 
 @pytest.fixture(scope="module")
-def clf_dir(tmp_path_factory):
-    out = classifier_module.classifier_path(SIZE, tmp_path_factory.mktemp("classifier"))  # the cache layout
-    train_classifier(SIZE, steps=1000, batch_size=32, seed=0, out_dir=out)
-    return out
+def clf_dir(builtin_classifier_dir):
+    assert SIZE == 32  # the shared session classifier's size
+    return builtin_classifier_dir
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,20 @@
 """The README's main job, end to end with 3-step stages: both trainings, the grid, the evaluation,
 and a rerun that reuses the finished stages instead of training again."""
 import json
+import shutil
 from pathlib import Path
 
 from PIL import Image
 
 from arjax import cli
+from arjax.eval.classifier import classifier_path
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.py")
 
 
-def test_quickstart_glue(tmp_path, capsys):
+def test_quickstart_glue(tmp_path, capsys, builtin_classifier_dir):
+    # the evaluation classifier is the session's (the quickstart would train its own, the same way)
+    shutil.copytree(builtin_classifier_dir, classifier_path(32, tmp_path / "classifier"))
     args = ["quickstart", "--out", str(tmp_path), "--config", CONFIG, "--set-tokenizer", "steps=3",
             "--set-var", "steps=3", "--set-var", "data.kwargs.num_examples=64", "--eval-per-class", "2"]
     assert cli.main(args) == 0

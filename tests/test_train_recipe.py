@@ -119,7 +119,7 @@ def test_progressive_training_runs_every_stage(tmp_path, tiny_tokenizer):
 
 def test_ema_is_the_exponential_average_of_the_parameters(tmp_path, tiny_tokenizer):
     from arjax.train.optim import make_optimizer
-    from arjax.train.tasks import VARTask
+    from arjax.train.generator_tasks import VARTask
     from arjax.train.trainer import make_train_step
     cfg = _var_cfg(tiny_tokenizer, 3, ["ema_decay=0.9"])
     task = VARTask(cfg)
