@@ -58,6 +58,9 @@ class NextScaleTask:
         self.model_cfg = self.member.config_cls(**model)
         self.graphdef = nnx.split(abstract_module(self.member.cls, self.model_cfg))[0]
         self.image_size = self.tok_cfg.image_size
+        if self.name != "var" and "progressive" in cfg and cfg.progressive.fraction:
+            raise ValueError(f"progressive.fraction: progressive scale training is implemented for VAR only, "
+                             f"not {self.name}; set it to 0")
 
     @classmethod
     def member_info(cls) -> family.Member:
