@@ -99,7 +99,7 @@ def test_flexvar_trains_and_samples_at_another_resolution(flex_run):
 def test_hmar_trains_and_its_masked_schedule_changes_at_sampling(tmp_path, tiny_tokenizer_dir):
     from arjax.sample.hmar import fixed_counts, sample_hmar
     from arjax.train.trainer import train
-    cfg = load_config(f"{FAMILY}:hmar", [*TINY, *TINY_MODEL, "steps=8", f"tokenizer_dir={tiny_tokenizer_dir}"])
+    cfg = load_config(f"{FAMILY}:hmar", [*TINY, *TINY_MODEL, "steps=4", f"tokenizer_dir={tiny_tokenizer_dir}"])
     summary = train(cfg, tmp_path / "hmar", progress=False)
     assert summary["finished"] and {"loss_next", "loss_mask"} <= set(summary["metrics"])
     pipe = arjax.load(summary["model_dir"])

@@ -73,6 +73,9 @@ def evaluate_pipeline(pipe, *, per_class: int, seed: int = 0, cfg: float = 1.5, 
     labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
     images = sample_all_classes(pipe, labels, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, batch_size=batch_size,
                                 progress=progress, sample_options=sample_options)
+    if images.shape[1:3] != (size, size):  # e.g. FlexVAR sampled at another resolution
+        raise ValueError(f"the samples are {images.shape[1]} px but the evaluation scores {size} px images (the "
+                         f"tokenizer's size): evaluate at a schedule ending at the training resolution")
     real, real_labels = real_images01(real_count or len(labels), size, REFERENCE_SEED, num_classes)
     floor, floor_labels = real_images01(len(labels), size, FLOOR_SEED, num_classes)
 
