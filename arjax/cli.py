@@ -35,8 +35,6 @@ def add_sampler_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_convert(args) -> None:
-    if args.family == "flexvar":
-        return cmd_convert_flexvar(args)
     from arjax.convert.var import convert_var
     t0 = time.time()
     print(f"converting VAR: tokenizer {args.vae}, transformer {args.var}")
@@ -253,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--vae", required=True, help="tokenizer checkpoint (.pth or .safetensors)")
     cf.add_argument("--var", required=True, help="transformer checkpoint (.pth or .safetensors)")
     cf.add_argument("--out", required=True, help="output model directory (must not exist or be empty)")
-    cf.set_defaults(fn=cmd_convert)
+    cf.set_defaults(fn=cmd_convert_flexvar)
 
     i = sub.add_parser("init", help="write a freshly initialised model from a config")
     i.add_argument("--config", required=True, help="e.g. configs/var.py:tiny")
