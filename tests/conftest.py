@@ -111,3 +111,12 @@ def builtin_classifier_dir(tmp_path_factory) -> Path:
     out = classifier.classifier_path(32, tmp_path_factory.mktemp("classifier"))
     classifier.train_classifier(32, steps=1000, batch_size=32, seed=0, out_dir=out)
     return out
+
+
+def float64_cross_entropy(logits, target, ls=0.0):
+    """torch's F.cross_entropy(reduction='none', label_smoothing=ls), in float64 NumPy."""
+    x = np.asarray(logits, np.float64)
+    m = x.max(-1, keepdims=True)
+    logp = x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, np.asarray(target)[..., None], -1)[..., 0]
+    return (1 - ls) * nll - ls * logp.mean(-1)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import FIXTURES, assert_close, nhwc
+from conftest import FIXTURES, assert_close, float64_cross_entropy as _ce, nhwc
 
 ATOL_FEAT = 1e-4    # features, var_input, positions, logits, CE
 ATOL_IMG = 5e-4     # decoded images
@@ -135,18 +135,6 @@ def test_positions(model, cases):
 # ---------------------------------------------------------------------------------------------
 # 2. teacher-forced logits, CE, train loss
 # ---------------------------------------------------------------------------------------------
-def _log_softmax(x):
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-
-
-def _ce(logits, target, ls=0.0):
-    """torch's F.cross_entropy(reduction='none', label_smoothing=ls), in float64."""
-    logp = _log_softmax(logits)
-    nll = -np.take_along_axis(logp, target[..., None], -1)[..., 0]
-    return (1 - ls) * nll - ls * logp.mean(-1)
-
-
 @pytest.mark.parametrize("name", SCHEDULES)
 def test_logits(logits_tf, cases, name):
     lg, stride = logits_tf[name], int(cases["logits_col_stride"])

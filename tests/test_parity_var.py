@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import assert_close, maxerr, nhwc
+from conftest import assert_close, float64_cross_entropy as _ce, maxerr, nhwc
 
 ATOL_FEAT = 1e-4    # features, f-hat, logits, CE
 ATOL_IMG = 5e-4     # decoded images
@@ -129,18 +129,6 @@ def test_recon_image(var_tiny_pipe, gt_idx, var_cases):
 # ---------------------------------------------------------------------------------------------
 # 3. VAR teacher-forced logits
 # ---------------------------------------------------------------------------------------------
-def _log_softmax(x):
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-
-
-def _ce(logits, target, ls=0.0):
-    """torch's F.cross_entropy(reduction='none', label_smoothing=ls), in float64."""
-    logp = _log_softmax(logits)
-    nll = -np.take_along_axis(logp, target[..., None], -1)[..., 0]
-    return (1 - ls) * nll - ls * logp.mean(-1)
-
-
 def test_logit_columns_cond(logits_tf, var_cases):
     stride = int(var_cases["logits_col_stride"])
     assert_close("logits[..., ::8] cond", logits_tf[0][..., ::stride], var_cases["var_logits_cols"], ATOL_FEAT)

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from arjax.convert.state_dict import fill_params, load_state_dict
-from arjax.convert.var import VAR_RENAMES, _indices, _need
+from arjax.convert.var import VAR_RENAMES, _indices, _need, transformer_basics
 from arjax.nn.init import abstract_module, abstract_params
 from arjax.nn.models.flexvar import FlexVAR, FlexVARConfig
 from arjax.nn.tokenizers.flexvq import FLEXVAR_SCHEDULE, FlexVQConfig, FlexVQVAE
@@ -83,12 +83,8 @@ def infer_flexvq_config(sd, patch_nums=None) -> FlexVQConfig:
 
 def infer_flexvar_config(sd, patch_nums=None, max_pn: int = 16) -> FlexVARConfig:
     what = "FlexVAR transformer checkpoint"
-    emb = _need(sd, "class_emb.weight", what)
-    c = emb.shape[1]
-    depth = len(_indices(sd, r"blocks\.(\d+)\."))
-    if depth == 0:
-        raise ValueError(f"{what}: no transformer blocks (`blocks.N.*`) found")
-    l2 = "blocks.0.attn.scale_mul_1H11" in sd
+    c, depth, l2 = transformer_basics(sd, what)
+    emb = sd["class_emb.weight"]
     if not l2:  # every released FlexVAR uses it; without it the head count is not recorded
         raise ValueError(f"{what}: 'blocks.0.attn.scale_mul_1H11' not found (attn_l2_norm=False is unsupported)")
     grid = _need(sd, "pos_1LC", what)

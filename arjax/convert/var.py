@@ -71,16 +71,21 @@ def infer_vqvae_config(sd, patch_nums, quant_resi: float = 0.5) -> VQVAEConfig:
         quant_resi=quant_resi, share_quant_resi=share, patch_nums=tuple(patch_nums))
 
 
+def transformer_basics(sd, what: str) -> tuple[int, int, bool]:
+    """(width, depth, L2-normalised attention) of a VAR-family transformer state dict."""
+    c = _need(sd, "class_emb.weight", what).shape[1]
+    depth = len(_indices(sd, r"blocks\.(\d+)\."))
+    if depth == 0:
+        raise ValueError(f"{what}: no transformer blocks (`blocks.N.*`) found")
+    return c, depth, "blocks.0.attn.scale_mul_1H11" in sd
+
+
 def infer_var_config(sd, patch_nums=None, num_heads=None) -> VARConfig:
     """`num_heads` is read from the per-head scales; only models without L2-normalised attention
     (none released) leave it unrecorded, and then it must be given or defaults to width / 64."""
     what = "VAR checkpoint"
-    emb = _need(sd, "class_emb.weight", what)
-    c = emb.shape[1]
-    depth = len(_indices(sd, r"blocks\.(\d+)\."))
-    if depth == 0:
-        raise ValueError(f"{what}: no transformer blocks (`blocks.N.*`) found")
-    l2 = "blocks.0.attn.scale_mul_1H11" in sd
+    c, depth, l2 = transformer_basics(sd, what)
+    emb = sd["class_emb.weight"]
     heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1] if l2 else (num_heads or max(c // 64, 1))
     if l2 and num_heads not in (None, heads):
         raise ValueError(f"{what}: num_heads={num_heads} given but the checkpoint has {heads} heads")

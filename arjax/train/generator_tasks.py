@@ -6,6 +6,7 @@ says how a batch of tokens becomes a loss (`member_loss`).
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 
 import jax
@@ -25,8 +26,8 @@ def pure(module) -> dict:
     return nnx.to_pure_dict(nnx.state(module, nnx.Param))
 
 
-class NextScaleTask:
-    name = "var"
+class NextScaleTask(abc.ABC):
+    name: str  # the member's key in arjax.family.MEMBERS
 
     def __init__(self, cfg, abstract_tokenizer=None):
         """`abstract_tokenizer`: plan with this tokenizer config and shape-only weights, reading nothing."""
@@ -112,8 +113,9 @@ class NextScaleTask:
         loss, metrics = self.member_loss(model, tok, tokens, labels, k_loss, step, phase)
         return loss, ({"loss": loss, **metrics}, {})
 
+    @abc.abstractmethod
     def member_loss(self, model, tok, tokens, labels, key, step, phase):
-        raise NotImplementedError
+        """(loss, metrics) of a batch of tokens under (class-dropped) labels."""
 
     def post_update(self, params, extra, aux, step, key):
         return params, extra, {}

@@ -172,11 +172,11 @@ class FlexTokenizerTask(TokenizerTask):
 
     def reconstruct(self, vae, x):
         t, pns, ds = self.cfg.loss, self.model_cfg.patch_nums, self.model_cfg.downsample
-        recs, vq, idx_list = vae.reconstruct_scales(x, pns, t.beta)
+        f = vae.features(x)  # also what dead codes are re-seeded from
+        recs, vq, idx_list = vae.reconstruct_scales(x, pns, t.beta, features=f)
         small = [jnp.mean(jnp.abs(r - target)) + jnp.mean(jnp.square(r - target))
                  for r, target in ((r, resize_area(x, ds * pn)) for r, pn in zip(recs[:-1], pns[:-1]))]
         scale_rec = sum(small) / max(len(small), 1)
-        f = vae.features(x)  # the same computation as inside reconstruct_scales: XLA merges the two
         return recs[-1], idx_list, f, vq + t.scale_recon * scale_rec, {"vq": vq, "scale_rec": scale_rec}
 
 

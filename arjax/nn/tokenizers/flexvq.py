@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from arjax.nn.adaln import l2_normalize
-from arjax.nn.tokenizers.vae_blocks import Decoder, Encoder, conv
+from arjax.nn.tokenizers.vae_blocks import ConvLayout, Decoder, Encoder, conv
 from arjax.ops import scales
 from arjax.ops.resample import resize_area, resize_bicubic
 
@@ -22,7 +22,7 @@ FLEXVAR_SCHEDULE = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
 
 @dataclasses.dataclass(frozen=True)
-class FlexVQConfig:
+class FlexVQConfig(ConvLayout):
     vocab_size: int = 8912          # the release's (sic) codebook size
     z_channels: int = 32            # Cvae: codebook dimension (same meaning as VQVAEConfig.z_channels)
     enc_channels: int = 256         # encoder output channels (LlamaGen's `z_channels`)
@@ -33,17 +33,6 @@ class FlexVQConfig:
     using_mid_sa: bool = True
     patch_nums: tuple[int, ...] = FLEXVAR_SCHEDULE
 
-    def __post_init__(self):  # JSON round trips give lists; keep the dataclass hashable
-        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
-        object.__setattr__(self, "patch_nums", tuple(self.patch_nums))
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
-    def image_size(self) -> int:
-        return self.patch_nums[-1] * self.downsample
 
 
 class FlexQuantizer(nnx.Module):
@@ -139,12 +128,13 @@ class FlexVQVAE(nnx.Module):
         last = self.quantize.split_scales(idx, patch_nums)[-1]
         return jnp.clip(self.decode_map(last), -1.0, 1.0)
 
-    def reconstruct_scales(self, images, patch_nums=None, beta: float = 0.25):
+    def reconstruct_scales(self, images, patch_nums=None, beta: float = 0.25, features=None):
         """Tokenizer training: (per-scale reconstructions (B, ds*pn, ds*pn, 3), VQ loss, per-scale
         indices (B, pn*pn)). The caller compares reconstruction k with the image area-resized to
         ds*pn_k. The VQ loss is, averaged over scales, codebook ||q - sg(z)||^2 + beta * commitment
         ||sg(q) - z||^2 (means over elements, normalised vectors), as LlamaGen's quantiser."""
-        idx_list, q_list, z_list = self.quantize.quantize(self.features(images), patch_nums)
+        f = self.features(images) if features is None else features  # the trainer passes its own
+        idx_list, q_list, z_list = self.quantize.quantize(f, patch_nums)
         recs, loss = [], 0.0
         for idx, q_st, z in zip(idx_list, q_list, z_list):
             q = self.quantize.lookup(idx.reshape(z.shape[:-1]))

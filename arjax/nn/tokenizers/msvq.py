@@ -13,13 +13,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from arjax.nn.init import torch_trunc_normal
-from arjax.nn.tokenizers.vae_blocks import Decoder, Encoder, conv
+from arjax.nn.tokenizers.vae_blocks import ConvLayout, Decoder, Encoder, conv
 from arjax.ops import scales
 from arjax.ops.resample import resize_area, resize_bicubic
 
 
 @dataclasses.dataclass(frozen=True)
-class VQVAEConfig:
+class VQVAEConfig(ConvLayout):
     vocab_size: int = 4096
     z_channels: int = 32            # Cvae: codebook dimension
     ch: int = 160                   # released tokenizer: vae_ch160v4096z32
@@ -31,18 +31,6 @@ class VQVAEConfig:
     quant_resi: float = 0.5         # phi(h) = (1 - r) h + r conv(h)
     share_quant_resi: int = 4       # 0: one phi per scale, 1: one shared phi, K: K partially shared phis
     patch_nums: tuple[int, ...] = scales.VAR_SCHEDULES[256]
-
-    def __post_init__(self):  # JSON round trips give lists; keep the dataclass hashable
-        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
-        object.__setattr__(self, "patch_nums", tuple(self.patch_nums))
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
-    def image_size(self) -> int:
-        return self.patch_nums[-1] * self.downsample
 
     @property
     def num_phis(self) -> int:

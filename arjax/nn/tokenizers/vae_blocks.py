@@ -22,6 +22,23 @@ def group_norm(c: int, rngs: nnx.Rngs, eps: float = 1e-6) -> nnx.GroupNorm:
     return nnx.GroupNorm(c, num_groups=32, epsilon=eps, use_fast_variance=False, rngs=rngs)
 
 
+class ConvLayout:
+    """Mixin for frozen tokenizer config dataclasses built on this encoder/decoder: tuple fields after
+    JSON round trips (lists) so configs stay hashable, and the image size a schedule implies."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
+        object.__setattr__(self, "patch_nums", tuple(self.patch_nums))
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def image_size(self) -> int:
+        return self.patch_nums[-1] * self.downsample
+
+
 class ResnetBlock(nnx.Module):
     def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs):
         self.norm1 = group_norm(cin, rngs)
