@@ -228,6 +228,14 @@ def cmd_eval(args) -> None:
                                top_p=args.top_p, classifier_dir=args.classifier_dir,
                                sample_options=sampler_options(args))
     print(format_report(report))
+    if args.by_scale:
+        from arjax.eval.by_scale import format_scale_table, scale_diagnosis
+        from arjax.eval.classifier import get_classifier
+        clf = get_classifier(int(pipe.tokenizer.cfg.image_size), args.classifier_dir)
+        report["by_scale"] = scale_diagnosis(pipe, clf, count=report["num_samples"], seed=args.seed, cfg=args.cfg,
+                                             top_k=args.top_k, top_p=args.top_p,
+                                             sample_options=sampler_options(args))
+        print(format_scale_table(report["by_scale"]))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1, default=str))
         print(f"wrote {args.out}")
@@ -318,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=1)
     e.add_argument("--classifier-dir", default=None, help="where the classifier is cached (trained if absent)")
     e.add_argument("--out", default=None, help="write the metrics as JSON")
+    e.add_argument("--by-scale", action="store_true", help="also: accuracy when the first k scales come from "
+                   "real images and the rest is sampled, for every k (where the generator loses the class)")
     add_sampler_flags(e)
     e.set_defaults(fn=cmd_eval)
 

@@ -236,7 +236,24 @@ class Pipeline:
             raise ValueError(f"give one label, or one per image ({len(x)}); got {len(labels)}")
         labels = np.broadcast_to(labels, (len(x),))
         tokens = np.asarray(self.tokenizer.encode(x, opts.get("patch_nums")))
-        return self._generate(labels, tokens, known, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
+        return self.complete(tokens, known, labels, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
+                             return_tokens=return_tokens, batch_size=batch_size, **options)
+
+    def complete(self, tokens, known, labels, *, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96,
+                 seed: int = 0, return_tokens: bool = False, batch_size: int | None = None, **options):
+        """Sample the unknown tokens of token sequences (B, L): where `known` (B, L) is True the token is
+        kept (teacher-forced, and the next scales are conditioned on it), elsewhere it is sampled
+        conditioned on `labels` (B,), as `sample` would. Returns images in [0, 1] (and the tokens)."""
+        opts = dict(self._sampler_options(options))
+        seq_len = self.tokenizer.seq_len(opts.get("patch_nums"))
+        t = _check_tokens(tokens, seq_len, self.cfg.vocab_size)
+        known = np.asarray(known)
+        if known.shape != t.shape or known.dtype != bool:
+            raise ValueError(f"known must be a boolean array shaped like the tokens {t.shape}; got "
+                             f"{known.dtype} {known.shape}")
+        if len(_check_labels(labels, self.cfg.num_classes)) != len(t):
+            raise ValueError(f"give one label per token sequence ({len(t)})")
+        return self._generate(labels, t, known, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
                               return_tokens=return_tokens, batch_size=batch_size, first_index=0, **options)
 
     def _generate(self, labels, forced_tokens, forced_mask, *, cfg, top_k, top_p, seed, return_tokens, batch_size,
