@@ -61,6 +61,7 @@ def test_complete_names_bad_arguments(pipe):
         pipe.complete(tokens[:, :5], np.ones((2, 5), bool), labels)
 
 
+@pytest.mark.slow  # ~20 s: four sampling passes and the evaluation classifier (the suite's 15 min budget)
 def test_scale_diagnosis_rows_run_from_plain_sampling_to_the_reconstruction(pipe, builtin_classifier_dir):
     clf = load_classifier(builtin_classifier_dir)
     n, kw = 32, dict(seed=2, cfg=1.5, top_k=0, top_p=1.0)

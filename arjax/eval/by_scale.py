@@ -14,15 +14,16 @@ import numpy as np
 
 from arjax.eval.metrics import evaluate_samples
 from arjax.eval.real_data import REFERENCE_SEED, real_images01
+from arjax.eval.run import check_builtin_classes
 
 DIAGNOSIS_SEED = 4321  # its real images are neither the reference nor the floor set
 
 
 def scale_diagnosis(pipe, classifier, *, count: int, seed: int, cfg: float, top_k: int, top_p: float,
-                    batch_size: int = 100, num_classes: int | None = None, sample_options=None) -> list[dict]:
+                    batch_size: int = 100, sample_options=None) -> list[dict]:
     """One row per number of teacher-forced scales k = 0..K: class accuracy, shape accuracy, Frechet
     distance (to the REFERENCE_SEED real images) and per-class accuracy of the completed samples."""
-    k_classes = num_classes or int(pipe.cfg.num_classes)
+    k_classes = check_builtin_classes(pipe)
     size = int(pipe.tokenizer.cfg.image_size)
     x01, labels = real_images01(count, size, DIAGNOSIS_SEED, k_classes)
     real, real_labels = real_images01(count, size, REFERENCE_SEED, k_classes)

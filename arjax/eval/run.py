@@ -19,7 +19,7 @@ from arjax.eval.metrics import evaluate_samples, frechet_distance_between
 from arjax.eval.real_data import FLOOR_SEED, NUM_CLASSES, REFERENCE_SEED, real_images01
 
 
-def _check_builtin_classes(pipe) -> int:
+def check_builtin_classes(pipe) -> int:
     k = int(pipe.cfg.num_classes)
     if k > NUM_CLASSES:
         raise ValueError(f"the model has {k} classes; the built-in dataset's classifier knows {NUM_CLASSES}: "
@@ -66,7 +66,7 @@ def evaluate_pipeline(pipe, *, per_class: int, seed: int = 0, cfg: float = 1.5, 
     """
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1; got {per_class}")
-    num_classes = _check_builtin_classes(pipe)
+    num_classes = check_builtin_classes(pipe)
     size = int(pipe.tokenizer.cfg.image_size)
     classifier = get_classifier(size, classifier_dir, log=log)
 
