@@ -121,6 +121,7 @@ def test_full_vgg16_file_loads(weights, loaded, tmp_path):
                                   vgg["features.28.weight"].transpose(2, 3, 1, 0))
 
 
+@pytest.mark.slow  # ~17 s of training; the distance itself is checked above (15 min budget)
 def test_tokenizer_trains_with_the_perceptual_loss(files, tmp_path):
     from arjax.config import load_config
     from arjax.train.trainer import train

@@ -95,6 +95,7 @@ def _free_port():
 
 
 
+@pytest.mark.slow  # ~23 s; 2-process training stays in the fast suite (15 min budget)
 def test_two_processes_write_one_evaluation_set(tmp_path, run_worker):
     """Each process samples its share of the batches; the assembled file equals a one-process run."""
     model = tmp_path / "model"
