@@ -251,9 +251,10 @@ class Pipeline:
         if known.shape != t.shape or known.dtype != bool:
             raise ValueError(f"known must be a boolean array shaped like the tokens {t.shape}; got "
                              f"{known.dtype} {known.shape}")
-        if len(_check_labels(labels, self.cfg.num_classes)) != len(t):
+        y = _check_labels(labels, self.cfg.num_classes)
+        if len(y) != len(t):
             raise ValueError(f"give one label per token sequence ({len(t)})")
-        return self._generate(labels, t, known, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
+        return self._generate(y, t, known, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
                               return_tokens=return_tokens, batch_size=batch_size, first_index=0, **options)
 
     def _generate(self, labels, forced_tokens, forced_mask, *, cfg, top_k, top_p, seed, return_tokens, batch_size,

@@ -120,3 +120,19 @@ def float64_cross_entropy(logits, target, ls=0.0):
     logp = x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
     nll = -np.take_along_axis(logp, np.asarray(target)[..., None], -1)[..., 0]
     return (1 - ls) * nll - ls * logp.mean(-1)
+
+
+def tiny_builtin_var(patch_nums=(1, 2, 4)):
+    """A randomly initialised 32 px VAR pipeline with the built-in dataset's ten class names."""
+    import dataclasses
+
+    import arjax
+    from arjax.data.synthetic import CLASS_NAMES
+    from arjax.nn.models.var import VARConfig
+    from arjax.nn.tokenizers.msvq import VQVAEConfig
+    tok = VQVAEConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, vocab_size=64, z_channels=8,
+                      patch_nums=patch_nums, using_sa=False, using_mid_sa=False)
+    model = VARConfig(depth=1, embed_dim=32, num_heads=2, vocab_size=64, cvae=8, patch_nums=patch_nums,
+                      num_classes=10)
+    return arjax.build({"family": "var", "tokenizer": dataclasses.asdict(tok), "model": dataclasses.asdict(model),
+                        "class_names": CLASS_NAMES})

@@ -256,18 +256,8 @@ def test_evaluate_pipeline_refuses_models_of_other_datasets(clf_dir):
 @pytest.mark.slow
 def test_evaluate_pipeline_runs_a_real_var_pipeline(clf_dir, tmp_path):
     """The real Pipeline.sample path (random weights, so the samples are noise and fail the check)."""
-    import dataclasses
-
-    import arjax
-    from arjax.nn.models.var import VARConfig
-    from arjax.nn.tokenizers.msvq import VQVAEConfig
-
-    pns = (1, 2, 4)
-    tok = VQVAEConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, vocab_size=64, z_channels=8, patch_nums=pns,
-                      using_sa=False, using_mid_sa=False)
-    model = VARConfig(depth=1, embed_dim=32, num_heads=2, vocab_size=64, cvae=8, patch_nums=pns, num_classes=10)
-    pipe = arjax.build({"family": "var", "tokenizer": dataclasses.asdict(tok), "model": dataclasses.asdict(model),
-                        "class_names": CLASS_NAMES})
+    from conftest import tiny_builtin_var
+    pipe = tiny_builtin_var()
     assert pipe.tokenizer.cfg.image_size == SIZE
     m = evaluate_pipeline(pipe, per_class=3, seed=0, cfg=1.5, top_k=0, top_p=1.0, classifier_dir=clf_dir,
                           batch_size=16, out_dir=tmp_path)

@@ -1,28 +1,19 @@
 """Pipeline.complete (sampling around teacher-forced tokens) and the by-scale diagnosis built on it,
 checked against the independent paths: plain sampling, the tokenizer's own decode, evaluate_samples."""
-import dataclasses
-
 import numpy as np
 import pytest
 
-import arjax
-from arjax.data.synthetic import CLASS_NAMES
 from arjax.eval import evaluate_samples, load_classifier
 from arjax.eval.by_scale import DIAGNOSIS_SEED, format_scale_table, scale_diagnosis
 from arjax.eval.real_data import REFERENCE_SEED, real_images01
-from arjax.nn.models.var import VARConfig
-from arjax.nn.tokenizers.msvq import VQVAEConfig
+from conftest import tiny_builtin_var
 
 PNS = (1, 2, 4)
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    tok = VQVAEConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, vocab_size=64, z_channels=8, patch_nums=PNS,
-                      using_sa=False, using_mid_sa=False)
-    model = VARConfig(depth=1, embed_dim=32, num_heads=2, vocab_size=64, cvae=8, patch_nums=PNS, num_classes=10)
-    return arjax.build({"family": "var", "tokenizer": dataclasses.asdict(tok), "model": dataclasses.asdict(model),
-                        "class_names": CLASS_NAMES})
+    return tiny_builtin_var(PNS)
 
 
 def _tokens(n, seed=0):

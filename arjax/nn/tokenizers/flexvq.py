@@ -34,7 +34,6 @@ class FlexVQConfig(ConvLayout):
     patch_nums: tuple[int, ...] = FLEXVAR_SCHEDULE
 
 
-
 class FlexQuantizer(nnx.Module):
     def __init__(self, cfg: FlexVQConfig, *, rngs: nnx.Rngs):
         self.patch_nums = cfg.patch_nums
