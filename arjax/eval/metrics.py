@@ -54,7 +54,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
 
 
-def to_pm1(images01) -> np.ndarray:
+def unit_to_pm1(images01) -> np.ndarray:
     """[0, 1] (what Pipeline.sample returns) -> [-1, 1] (what the classifier takes)."""
     x = np.asarray(images01, np.float32)
     lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 1.0)
@@ -81,8 +81,8 @@ def evaluate_samples(classifier: Classifier, images01, labels, real_images01, re
     labels = np.asarray(labels).astype(np.int64)
     if labels.shape != (len(images01),):
         raise ValueError(f"need one label per image: {len(images01)} images, labels of shape {labels.shape}")
-    out = classifier.outputs(to_pm1(images01))
-    real = classifier.outputs(to_pm1(real_images01))
+    out = classifier.outputs(unit_to_pm1(images01))
+    real = classifier.outputs(unit_to_pm1(real_images01))
     pred = out.predict()
     correct = pred == labels
     k = classifier.num_classes
@@ -102,7 +102,7 @@ def evaluate_samples(classifier: Classifier, images01, labels, real_images01, re
 
 
 def classifier_features(classifier: Classifier, images01) -> np.ndarray:
-    return classifier.outputs(to_pm1(images01)).features
+    return classifier.outputs(unit_to_pm1(images01)).features
 
 
 def frechet_distance_between(classifier: Classifier, images_a01, images_b01) -> float:
