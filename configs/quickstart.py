@@ -40,8 +40,10 @@ def get_config(arg: str = "var") -> ml_collections.ConfigDict:
         c.steps, c.batch_size = 600, 16
         c.optim.base_lr = 16e-3  # peak 1e-3 at batch 16
         c.show_metrics = ("loss", "psnr", "usage")
+        # 64 codes, not 512: same PSNR (21.7 dB at 600 steps), and the VAR on them scored the same class
+        # accuracy with half the Frechet distance (29-33 vs 47-58) and 8% faster steps (measured 2026-11-24)
         c.tokenizer = ml_collections.ConfigDict(dict(
-            vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, using_sa=False,
+            vocab_size=64, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, using_sa=False,
             using_mid_sa=True, quant_conv_ks=3, quant_resi=0.5, share_quant_resi=4, patch_nums=(1, 2, 3, 4, 6, 8)))
         c.loss = ml_collections.ConfigDict(dict(
             beta=0.25, l1=1.0, l2=1.0, use_decay=0.99, dead_threshold=0.03, reset_every=50,
