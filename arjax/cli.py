@@ -222,16 +222,17 @@ def cmd_eval(args) -> None:
     import json
 
     import arjax
-    from arjax.eval.run import evaluate_pipeline, format_report
+    from arjax.eval.classifier import get_classifier
+    from arjax.eval.run import check_builtin_classes, evaluate_pipeline, format_report
     pipe = arjax.load(args.checkpoint)
+    check_builtin_classes(pipe)  # a model of another dataset is named before any classifier is trained
+    clf = get_classifier(int(pipe.tokenizer.cfg.image_size), args.classifier_dir)  # one load for both reports
     report = evaluate_pipeline(pipe, per_class=args.per_class, seed=args.seed, cfg=args.cfg, top_k=args.top_k,
                                top_p=args.top_p, classifier_dir=args.classifier_dir,
-                               sample_options=sampler_options(args))
+                               sample_options=sampler_options(args), classifier=clf)
     print(format_report(report))
     if args.by_scale:
         from arjax.eval.by_scale import format_scale_table, scale_diagnosis
-        from arjax.eval.classifier import get_classifier
-        clf = get_classifier(int(pipe.tokenizer.cfg.image_size), args.classifier_dir)
         report["by_scale"] = scale_diagnosis(pipe, clf, count=report["num_samples"], seed=args.seed, cfg=args.cfg,
                                              top_k=args.top_k, top_p=args.top_p,
                                              sample_options=sampler_options(args))

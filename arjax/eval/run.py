@@ -55,7 +55,8 @@ def reconstruct(tokenizer, images01, batch_size: int = 64) -> np.ndarray:
 
 def evaluate_pipeline(pipe, *, per_class: int, seed: int = 0, cfg: float = 1.5, top_k: int = 900,
                       top_p: float = 0.96, classifier_dir=None, batch_size: int = 64, real_count: int | None = None,
-                      out_dir=None, progress: bool = True, log=print, sample_options=None) -> dict:
+                      out_dir=None, progress: bool = True, log=print, sample_options=None,
+                      classifier=None) -> dict:
     """Sample `per_class` images of every class and score them (see metrics.evaluate_samples).
 
     classifier_dir: where classifiers are cached (default $ARJAX_CACHE/classifiers or ~/.cache/arjax/classifiers).
@@ -63,12 +64,13 @@ def evaluate_pipeline(pipe, *, per_class: int, seed: int = 0, cfg: float = 1.5, 
     The reference floor `real_frechet_distance` is the distance of as many other real images
     (FLOOR_SEED) as there are samples: what a generator that reproduced the data exactly would score.
     out_dir: when given, writes eval.json and samples.png (up to 8 samples per class) there.
+    classifier: an already loaded one (else get_classifier(size, classifier_dir)).
     """
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1; got {per_class}")
     num_classes = check_builtin_classes(pipe)
     size = int(pipe.tokenizer.cfg.image_size)
-    classifier = get_classifier(size, classifier_dir, log=log)
+    classifier = classifier or get_classifier(size, classifier_dir, log=log)
 
     labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
     images = sample_all_classes(pipe, labels, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, batch_size=batch_size,
