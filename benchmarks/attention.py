@@ -25,6 +25,8 @@ from arjax.ops.attention import build_mask, dense_attention
 from arjax.ops.block_sparse import block_sparse_attention
 
 HEADS = {"d16": (16, 64), "d30": (30, 64)}  # (heads, head dim) of VAR-d16 / d30
+# 1024 px: a 14-scale schedule of 9451 tokens (no released VAR model uses it; the long-sequence case)
+SCHEDULES = {**scales.VAR_SCHEDULES, 1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)}
 
 
 def make_fn(impl: str, lens, mask: str):
@@ -57,7 +59,7 @@ def timed(fn, args, steps: int):
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["d16", "d30"], choices=sorted(HEADS))
-    ap.add_argument("--res", nargs="+", type=int, default=[256, 512, 1024])
+    ap.add_argument("--res", nargs="+", type=int, default=[256, 512, 1024], choices=sorted(SCHEDULES))
     ap.add_argument("--masks", nargs="+", default=["block_causal", "block_diagonal"])
     ap.add_argument("--impls", nargs="+", default=None, help="default: xla pallas cudnn (xla only on CPU)")
     ap.add_argument("--batch", type=int, default=4)
@@ -74,7 +76,7 @@ def main(argv=None) -> None:
     for model in args.models:
         h, d = HEADS[model]
         for res in args.res:
-            lens = scales.scale_lens(scales.VAR_SCHEDULES[res])
+            lens = scales.scale_lens(SCHEDULES[res])
             length = sum(lens)
             q, k, v = (jnp.asarray(rng.normal(size=(args.batch, length, h, d)), args.dtype) for _ in range(3))
             for mask in args.masks:

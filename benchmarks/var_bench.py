@@ -58,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling (default 1)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="compute dtype of the transformer blocks (VARConfig.dtype); params stay float32")
+    p.add_argument("--attn", choices=("auto", "xla", "pallas"), default="auto",
+                   help="attention implementation (VARConfig.attn_impl; pallas = the block-sparse kernel)")
     p.add_argument("--remat", action="store_true", help="recompute blocks in the backward pass (VARConfig.remat)")
     p.add_argument("--image-size", type=int, choices=sorted(VAR_SCHEDULES), default=256,
                    help="selects patch_nums from arjax.ops.scales.VAR_SCHEDULES (default 256)")
@@ -81,7 +83,7 @@ def parse_args(argv=None):
 def make_meta(args) -> dict:
     pns = VAR_SCHEDULES[args.image_size]
     tok = VQVAEConfig(ch=args.tokenizer_ch, patch_nums=pns)
-    model = VARConfig(depth=args.depth, patch_nums=pns, dtype=args.dtype, remat=args.remat,
+    model = VARConfig(depth=args.depth, patch_nums=pns, dtype=args.dtype, remat=args.remat, attn_impl=args.attn,
                       vocab_size=tok.vocab_size, cvae=tok.z_channels)
     return {"family": "var", "tokenizer": dataclasses.asdict(tok), "model": dataclasses.asdict(model)}
 
@@ -187,8 +189,8 @@ def bench_sample(pipe: arjax.Pipeline, args, rng: np.random.Generator) -> dict:
         with jax.default_matmul_precision(pipe.precision):
             t = time.perf_counter()
             compiled = pipe._sample.lower(pipe.tokenizer.state, pipe.state, jnp.asarray(labels, jnp.int32), keys,
-                                          jnp.float32(kw["cfg"]), top_k=kw["top_k"], top_p=kw["top_p"],
-                                          more_smooth=False).compile()
+                                          jnp.float32(kw["cfg"]), None, None, top_k=kw["top_k"], top_p=kw["top_p"],
+                                          options=()).compile()
             compile_s = time.perf_counter() - t
     except Exception as e:  # noqa: BLE001 - diagnostics only
         print(f"[sample] ahead-of-time compile unavailable ({type(e).__name__}: {e}); "
@@ -229,7 +231,7 @@ def main(argv=None):
     n_var = param_count(nnx.state(nnx.merge(pipe.graphdef, pipe.state), nnx.Param))
     n_tok = param_count(nnx.state(pipe.tokenizer.module, nnx.Param))
     config = (f"VAR-d{cfg.depth} (C={cfg.embed_dim}, H={cfg.num_heads}, {n_var / 1e6:.1f}M) "
-              f"{args.dtype}, tok ch{args.tokenizer_ch} ({n_tok / 1e6:.1f}M), {args.image_size}px L={cfg.seq_len}")
+              f"{args.dtype}, attn {args.attn}, tok ch{args.tokenizer_ch} ({n_tok / 1e6:.1f}M), {args.image_size}px L={cfg.seq_len}")
     print(f"# device: {device_desc()} ({platform.machine()})  jax {jax.__version__}  backend {jax.default_backend()}",
           flush=True)
     print(f"# config: {config}; matmul precision {args.precision}; built in {build_s:.1f}s", flush=True)

@@ -1,6 +1,9 @@
-"""The Pallas block-sparse attention (interpret mode on CPU) against a float64 NumPy reference: forward
-and gradients, over VAR and custom schedules, lengths off the block size, head counts and dims, fp32 and
-bf16; its block tables; and a VAR training step that is the same with impl="pallas" and impl="xla"."""
+"""The Pallas block-sparse attention against a float64 NumPy reference: forward and gradients, over VAR and
+custom schedules, lengths off the block size, head counts and dims, fp32 and bf16; its block tables; and a
+VAR training step that is the same with impl="pallas" and impl="xla".
+
+On CPU the kernels run interpreted; on a GPU or TPU the same tests compile them, with float32 matmuls at
+"highest" precision (a GPU's default is TF32, ~1e-3 relative, which the float32 tolerances would reject)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +12,8 @@ import pytest
 from arjax.ops import scales
 from arjax.ops.attention import attention
 from arjax.ops.block_sparse import block_sparse_attention, block_tables, token_levels
+
+INTERPRET = jax.default_backend() == "cpu"  # compiled wherever Pallas has a backend
 
 
 def _mask(mask, lens, length):
@@ -40,10 +45,11 @@ def _check(lens, mask, heads, dim, dtype, tol, seed, block=64):
 
     def run(q, k, v):
         return block_sparse_attention(q, k, v, scale_lens=lens, mask=mask, block_q=block, block_k=block,
-                                      interpret=True)
+                                      interpret=INTERPRET)
     args = [jnp.asarray(x, dtype) for x in (q, k, v)]
-    out, vjp = jax.vjp(run, *args)
-    grads = vjp(jnp.asarray(g, dtype))
+    with jax.default_matmul_precision("highest"):
+        out, vjp = jax.vjp(run, *args)
+        grads = vjp(jnp.asarray(g, dtype))
     # relative to the largest reference magnitude of each tensor
     for name, got, ref in [("out", out, want), *zip(("dq", "dk", "dv"), grads, want_grads)]:
         err = np.abs(np.asarray(got, np.float64) - ref).max() / np.abs(ref).max()
@@ -114,8 +120,10 @@ def test_entry_point_dispatches_and_kv_cached_steps_stay_dense():
     rng = np.random.default_rng(3)
     lens = (1, 4, 9)
     q, k, v = (jnp.asarray(rng.normal(size=(1, 14, 2, 8)), jnp.float32) for _ in range(3))
-    dense = attention(q, k, v, scale_lens=lens, impl="xla")
-    np.testing.assert_allclose(np.asarray(attention(q, k, v, scale_lens=lens, impl="pallas")), np.asarray(dense),
+    with jax.default_matmul_precision("highest"):
+        dense = attention(q, k, v, scale_lens=lens, impl="xla")
+        pallas = attention(q, k, v, scale_lens=lens, impl="pallas")
+    np.testing.assert_allclose(np.asarray(pallas), np.asarray(dense),
                                rtol=1e-5, atol=1e-6)
     # a KV-cached step: 9 queries against 14 keys, no mask: the dense path
     got = attention(q[:, 5:], k, v, mask="none", impl="pallas")
@@ -142,7 +150,17 @@ def test_var_training_step_is_the_same_with_pallas_and_xla():
         model = nnx.merge(nnx.split(create(VAR, cfgs[impl], 0))[0], p)
         return jnp.mean(token_cross_entropy(model(labels, x_in), tokens))
 
-    (lx, gx), (lp, gp) = (jax.value_and_grad(loss)(params, impl) for impl in ("xla", "pallas"))
+    with jax.default_matmul_precision("highest"):
+        (lx, gx), (lp, gp) = (jax.value_and_grad(loss)(params, impl) for impl in ("xla", "pallas"))
     np.testing.assert_allclose(float(lp), float(lx), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(gx)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_gpu_shape_rule_names_the_offending_size():
+    from arjax.ops.block_sparse import check_triton_shapes
+    check_triton_shapes(64, 64, 32)  # VAR's head dim and the default blocks pass
+    with pytest.raises(ValueError, match="power-of-two head dim.*got 48"):
+        check_triton_shapes(48, 64, 64)
+    with pytest.raises(ValueError, match="power-of-two block_k.*got 96"):
+        check_triton_shapes(64, 64, 96)

@@ -1,9 +1,10 @@
 """The one attention entry point used by every model.
 
 `impl="xla"` is the dense reference: explicit boolean mask, float32 softmax. It is the oracle the
-block-sparse kernels are tested against, and what "auto" picks until the Pallas kernel has been
-measured faster on a GPU/TPU (benchmarks/attention.py). `impl="pallas"` is the block-sparse flash
-kernel of `arjax.ops.block_sparse` (run interpreted on CPU); KV-cached steps, where queries see every
+block-sparse kernels are tested against, and what "auto" picks. `impl="pallas"` is the block-sparse
+flash kernel of `arjax.ops.block_sparse` (run interpreted on CPU); on one H100 it made a VAR-d16
+training step 1.7x faster (benchmarks/RESULTS.md), but it is not "auto" yet: it has no partitioning
+rule for multi-device meshes and has not been compiled for a TPU; KV-cached steps, where queries see every
 cached key and no mask applies, always take the dense path. With "auto"/"xla", block-diagonal masks
 (HMAR) run dense attention per scale on static slices: no L x L scores, and it equals the masked result.
 """

@@ -13,7 +13,8 @@ are dropped. Softmax statistics and accumulators are float32 for bf16 and float3
 
 The kernels are written once against `pl.pallas_call` with whole-sequence K/V blocks per (batch x head)
 program and dynamic slices inside (the layout of JAX's Pallas GPU flash-attention example); `interpret`
-runs them on any backend, which is how CPU tests check them against a float64 reference.
+runs them on any backend, which is how CPU tests check them against a float64 reference. On GPU they
+compile through Triton (the same tests pass compiled on an H100).
 """
 from __future__ import annotations
 
@@ -236,6 +237,15 @@ class _Static:
         return isinstance(other, _Static) and self._key == other._key
 
 
+def check_triton_shapes(head_dim: int, block_q: int, block_k: int) -> None:
+    """Pallas's GPU (Triton) lowering loads only power-of-two tiles: say so here, naming the argument, rather
+    than as a lowering error from inside Triton. (Head dims 8 to 64 and blocks 16 to 128 ran on an H100.)"""
+    for name, n in (("head dim", head_dim), ("block_q", block_q), ("block_k", block_k)):
+        if n < 1 or n & (n - 1):
+            raise ValueError(f"the block-sparse kernel on GPU needs a power-of-two {name} (Triton tiles); "
+                             f"got {n}: use impl='xla' for this model")
+
+
 def block_sparse_attention(q, k, v, *, scale_lens=None, mask: str = "block_causal", scale: float | None = None,
                            block_q: int = 64, block_k: int = 64, interpret: bool = False):
     """q, k, v: (B, L, H, D) self-attention under a scale-structured mask -> (B, L, H, D)."""
@@ -245,6 +255,8 @@ def block_sparse_attention(q, k, v, *, scale_lens=None, mask: str = "block_causa
                          f"{length} queries and {k.shape[1]} keys: use impl='xla' for KV-cached steps")
     if mask in ("block_causal", "block_diagonal") and (scale_lens is None or sum(scale_lens) != length):
         raise ValueError(f"mask={mask!r} needs scale_lens summing to the sequence length {length}; got {scale_lens}")
+    if not interpret and jax.default_backend() == "gpu":
+        check_triton_shapes(d, block_q, block_k)
     scale = d ** -0.5 if scale is None else scale
     block = int(np.lcm(block_q, block_k))
     lp = -(-length // block) * block
