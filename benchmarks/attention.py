@@ -25,8 +25,7 @@ from arjax.ops.attention import build_mask, dense_attention
 from arjax.ops.block_sparse import block_sparse_attention
 
 HEADS = {"d16": (16, 64), "d30": (30, 64)}  # (heads, head dim) of VAR-d16 / d30
-# 1024 px: a 14-scale schedule of 9451 tokens (no released VAR model uses it; the long-sequence case)
-SCHEDULES = {**scales.VAR_SCHEDULES, 1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)}
+SCHEDULES = {**scales.VAR_SCHEDULES, 1024: scales.LONG_SCHEDULE_1024}
 
 
 def make_fn(impl: str, lens, mask: str):

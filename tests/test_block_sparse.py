@@ -12,7 +12,7 @@ import pytest
 
 from arjax.ops import scales
 from arjax.ops.attention import attention
-from arjax.ops.block_sparse import block_sparse_attention, block_tables, token_levels
+from arjax.ops.block_sparse import block_sparse_attention, block_tables, check_triton_shapes, token_levels
 
 INTERPRET = jax.default_backend() == "cpu"  # compiled wherever Pallas has a backend
 
@@ -85,8 +85,7 @@ def test_bfloat16_within_two_percent():
     _check(scales.scale_lens((1, 2, 3, 4, 5, 6, 8, 10)), "block_causal", heads=2, dim=32, dtype=jnp.bfloat16, tol=2e-2, seed=11)
 
 
-# 1024 px: the 14-scale schedule of 9451 tokens (the figure; no released VAR model uses it)
-LARGE = {512: scales.VAR_SCHEDULES[512], 1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)}
+LARGE = {512: scales.VAR_SCHEDULES[512], 1024: scales.LONG_SCHEDULE_1024}  # 1024: 9451 tokens
 
 
 @pytest.mark.slow
@@ -159,7 +158,6 @@ def test_var_training_step_is_the_same_with_pallas_and_xla():
 
 
 def test_gpu_shape_rule_names_the_offending_size():
-    from arjax.ops.block_sparse import check_triton_shapes
     check_triton_shapes(64, 64, 32)  # VAR's head dim and the default blocks pass
     with pytest.raises(ValueError, match="power-of-two head dim.*got 48"):
         check_triton_shapes(48, 64, 64)

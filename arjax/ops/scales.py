@@ -14,6 +14,9 @@ VAR_SCHEDULES = {
     256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
     512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
 }
+# A 14-scale, 9451-token schedule for 1024 px: no released model uses it; kernel tests and benchmarks use it
+# as the long-sequence case.
+LONG_SCHEDULE_1024 = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
 
 
 def scale_lens(patch_nums) -> tuple[int, ...]:
