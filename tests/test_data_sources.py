@@ -28,6 +28,28 @@ def test_token_cache_round_trip(tmp_path, vocab, dtype):
         assert record["tokens"].tolist() == tokens[i].tolist() and record["label"] == labels[i]
 
 
+def test_token_cache_round_trips_features_and_reads_caches_without_them(tmp_path):
+    tokens, labels = _random_tokens(7, 5, 300)
+    features = np.random.default_rng(1).normal(size=(7, 2, 2, 3)).astype(np.float32)
+    write_token_cache(tmp_path / "f", tokens, labels, vocab=300, features=features, shard_size=3)
+    cache = TokenCache(tmp_path / "f")
+    assert cache.feature_shape == (2, 2, 3)
+    for i in range(7):
+        assert cache[i]["tokens"].tolist() == tokens[i].tolist() and cache[i]["label"] == labels[i]
+        np.testing.assert_array_equal(cache[i]["features"], features[i])  # float32 bytes: exact
+    batch = next(iter(make_dataset(cache, batch_size=7, seed=0, train=False)))
+    np.testing.assert_array_equal(batch["features"], features)
+    # a cache written before features existed has no feature_shape key: tokens only
+    write_token_cache(tmp_path / "old", tokens, labels, vocab=300)
+    meta = json.loads((tmp_path / "old" / "metadata.json").read_text())
+    del meta["feature_shape"]
+    (tmp_path / "old" / "metadata.json").write_text(json.dumps(meta))
+    old = TokenCache(tmp_path / "old")
+    assert old.feature_shape is None and sorted(old[3]) == ["label", "tokens"]
+    with pytest.raises(ValueError, match="one row per example"):
+        write_token_cache(tmp_path / "bad", tokens, labels, features=features[:3])
+
+
 def test_token_cache_batches_through_make_dataset(tmp_path):
     tokens, labels = _random_tokens(10, 6, 512)
     cache = TokenCache(write_token_cache(tmp_path, tokens, labels))

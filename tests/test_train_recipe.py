@@ -1,5 +1,6 @@
 """The optional parts of the VAR recipe: progressive scale training (against a transcription of the
-reference's stage logic and the full-sequence forward), EMA, and bf16 mixed precision."""
+reference's stage logic and the full-sequence forward), EMA, bf16 mixed precision, and self-correction
+(targets re-quantised around injected token errors)."""
 import dataclasses
 from pathlib import Path
 
@@ -183,3 +184,78 @@ def test_token_cache_is_built_once_and_holds_the_tokenizer_codes(tmp_path, tiny_
     mtime = (tmp_path / "run" / "token_cache" / "metadata.json").stat().st_mtime_ns
     train(_var_cfg(tiny_tokenizer, 4, extra), tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "token_cache" / "metadata.json").stat().st_mtime_ns == mtime
+
+
+# ---- self-correction (loss.self_correction) ----------------------------------------------------------
+def _quantizer(patch_nums=(1, 2, 3, 4), vocab=16, channels=4):
+    from arjax.nn.tokenizers.msvq import MultiScaleQuantizer, VQVAEConfig
+    cfg = VQVAEConfig(vocab_size=vocab, z_channels=channels, patch_nums=patch_nums)
+    return MultiScaleQuantizer(cfg, rngs=nnx.Rngs(0))
+
+
+def _features(q, batch=64, seed=1):
+    # features of the codebook's scale, so that every scale picks among several codes
+    full = q.patch_nums[-1]
+    return 0.05 * jax.random.normal(jax.random.key(seed), (batch, full, full, q.embedding.shape[1]))
+
+
+def test_self_correction_without_errors_is_plain_teacher_forcing():
+    q = _quantizer()
+    f = _features(q)
+    targets, fed, x_in = q.quantize_self_correcting(f, jax.random.key(0), 0.0)
+    tokens = jnp.concatenate(q.quantize(f)[0], axis=1)
+    np.testing.assert_array_equal(targets, tokens)
+    np.testing.assert_array_equal(fed, tokens)
+    np.testing.assert_array_equal(x_in, q.indices_to_var_input(tokens))
+
+
+def test_self_correction_targets_correct_the_errors_fed_so_far():
+    from arjax.ops.resample import resize_area
+    q = _quantizer()
+    f = _features(q)
+    max_rate = 0.6
+    targets, fed, x_in = q.quantize_self_correcting(f, jax.random.key(3), max_rate)
+    # inputs are the teacher forcing of the tokens actually fed (errors included)
+    np.testing.assert_allclose(x_in, q.indices_to_var_input(fed), atol=1e-6)
+    # each scale's target is the nearest code to what the fed tokens of the earlier scales left of f
+    fhats = q.indices_to_fhat(fed, cumulative=True)
+    per_scale = q.split_scales(targets)
+    np.testing.assert_array_equal(per_scale[0], q.nearest(resize_area(f, 1)))
+    for si in range(1, len(q.patch_nums)):
+        expected = q.nearest(resize_area(f - fhats[si - 1], q.patch_nums[si]))
+        assert np.mean(np.asarray(per_scale[si]) == np.asarray(expected)) > 0.99  # argmin ties aside
+    # replacements: a random code (the same one by chance 1/vocab), at a per-image rate ~ U[0, max_rate]
+    replaced = np.asarray(targets != fed).mean()
+    expected_share = max_rate / 2 * (1 - 1 / q.embedding.shape[0])
+    assert abs(replaced - expected_share) < 0.05, (replaced, expected_share)
+    per_image = np.asarray(targets != fed).mean(axis=1)
+    assert per_image.min() < 0.1 and per_image.max() > 0.35  # the rate varies from image to image
+
+
+def test_var_trains_with_self_correction_from_cached_features(tmp_path, tiny_tokenizer):
+    from arjax.data import TokenCache
+    from arjax.train.trainer import train
+    extra = ["data.cache_tokens=True", "data.kwargs.num_examples=24", "loss.self_correction=0.5",
+             "optim.base_lr=0.05"]
+    s = train(_var_cfg(tiny_tokenizer, 12, extra), tmp_path / "run", progress=False)
+    losses = [h["loss"] for h in s["history"]]
+    assert s["finished"] and np.mean(losses[-3:]) < np.mean(losses[:3])
+    cache = TokenCache(tmp_path / "run" / "token_cache")
+    # the cached features quantise to the cached tokens
+    import arjax
+    tok = arjax.load_tokenizer(tiny_tokenizer).module
+    feats = np.stack([cache[i]["features"] for i in range(8)])
+    np.testing.assert_array_equal(jnp.concatenate(tok.quantize.quantize(feats)[0], axis=1),
+                                  np.stack([cache[i]["tokens"] for i in range(8)]))
+
+
+def test_self_correction_errors_name_the_key(tmp_path, tiny_tokenizer):
+    from arjax.data import write_token_cache
+    from arjax.train.trainer import train
+    with pytest.raises(ValueError, match="loss.self_correction"):
+        train(_var_cfg(tiny_tokenizer, 1, ["loss.self_correction=1.5"]), tmp_path / "a", progress=False)
+    write_token_cache(tmp_path / "cache", np.zeros((8, 21), int), np.zeros(8, int), vocab=64)
+    cfg = _var_cfg(tiny_tokenizer, 1, ["loss.self_correction=0.3", "data.name=tokens"])
+    cfg.data.kwargs = {"path": str(tmp_path / "cache")}
+    with pytest.raises(ValueError, match="loss.self_correction.*holds tokens only"):
+        train(cfg, tmp_path / "b", progress=False)

@@ -80,8 +80,8 @@ class _LoadExample:
         position, index = position_and_index
         record = self.source[index]
         label = np.int32(record["label"])
-        if "tokens" in record:
-            return {"tokens": np.asarray(record["tokens"], np.int32), "label": label}
+        if "tokens" in record:  # a token cache: tokens, label and, if it holds them, encoder features
+            return {**record, "tokens": np.asarray(record["tokens"], np.int32), "label": label}
         image = decode_image(record)
         if image is None:
             return None
@@ -105,7 +105,7 @@ def make_dataset(source, *, image_size: int | None = None, batch_size: int, seed
                  augment: bool = True, read_options: grain.ReadOptions | None = None,
                  start_position: int = 0) -> grain.IterDataset:
     """Batches {"image": float32 (B, S, S, 3) in [-1, 1], "label": int32 (B,)} from an image source,
-    or {"tokens": int32 (B, L), "label": int32 (B,)} from a TokenCache.
+    or {"tokens": int32 (B, L), "label": int32 (B,)} (+ "features" when it holds them) from a TokenCache.
 
     train: shuffle each epoch, VAR augmentation (if `augment`), drop the last partial batch.
       Otherwise: source order, resize + centre crop, keep the last partial batch.

@@ -62,6 +62,13 @@ class NextScaleTask(abc.ABC):
         if self.name != "var" and "progressive" in cfg and cfg.progressive.fraction:
             raise ValueError(f"progressive.fraction: progressive scale training is implemented for VAR only, "
                              f"not {self.name}; set it to 0")
+        self.self_correction = float(cfg.loss.get("self_correction", 0.0))
+        if not 0.0 <= self.self_correction <= 1.0:
+            raise ValueError(f"loss.self_correction is the largest share of tokens replaced, in [0, 1]; "
+                             f"got {self.self_correction}")
+        if self.self_correction and self.name != "var":
+            raise ValueError(f"loss.self_correction is implemented for VAR only, "
+                             f"not {self.name}; set it to 0")
 
     @classmethod
     def member_info(cls) -> family.Member:
@@ -86,14 +93,26 @@ class NextScaleTask(abc.ABC):
 
     def prepare_source(self, source, workdir, progress: bool):
         """With data.cache_tokens, images are encoded once into workdir/token_cache and training reads
-        tokens (no encoder in the step; no crop/flip augmentation)."""
+        tokens (no encoder in the step; no crop/flip augmentation); with loss.self_correction, the
+        encoder's features too."""
+        features = self.self_correction > 0
+        if isinstance(source, TokenCache) and features and source.feature_shape is None:
+            raise ValueError(f"loss.self_correction needs the encoder's features, and the token cache {source.path} "
+                             f"holds tokens only: train from images (data.cache_tokens=True makes a cache with them)")
         if not self.cfg.data.cache_tokens or isinstance(source, TokenCache):
             return source
         params, gd = self.tok_params, self.tok_graphdef
-        encode = jax.jit(lambda x: nnx.merge(gd, params).encode(x))
-        return encode_to_cache(workdir / "token_cache", source, encode, image_size=self.image_size,
+
+        def encode(x):
+            tok = nnx.merge(gd, params)
+            if not features:
+                return tok.encode(x)
+            f = tok.features(x)
+            return jnp.concatenate(tok.quantize.quantize(f)[0], axis=1), f
+
+        return encode_to_cache(workdir / "token_cache", source, jax.jit(encode), image_size=self.image_size,
                                vocab=self.tok_cfg.vocab_size, batch_size=max(self.cfg.batch_size, 32),
-                               augment=self.cfg.data.augment, progress=progress)
+                               augment=self.cfg.data.augment, progress=progress, with_features=features)
 
     def phase(self, step: int):
         return None
@@ -101,21 +120,25 @@ class NextScaleTask(abc.ABC):
     def loss(self, params, extra, consts, batch, key, step, phase=None):
         del extra
         tok = self.tokenizer(consts)
-        if "tokens" in batch:  # from a token cache
-            tokens = batch["tokens"]
-        else:
-            tokens = jax.lax.stop_gradient(tok.encode(batch["image"]))
         labels = batch["label"]
         drop = jax.random.bernoulli(key, self.cfg.loss.class_dropout, labels.shape)
         k_loss = jax.random.fold_in(key, 1)
         labels = jnp.where(drop, self.model_cfg.num_classes, labels)
+        if self.self_correction:  # targets and inputs from features quantised with injected errors
+            f = batch["features"] if "features" in batch else tok.features(batch["image"])
+            tokens, _, x_in = tok.quantize.quantize_self_correcting(
+                jax.lax.stop_gradient(f), jax.random.fold_in(key, 2), self.self_correction)
+        else:
+            tokens = batch["tokens"] if "tokens" in batch else jax.lax.stop_gradient(tok.encode(batch["image"]))
+            x_in = None  # the teacher-forcing input of the real tokens (each member builds its own)
         model = nnx.merge(self.graphdef, params)
-        loss, metrics = self.member_loss(model, tok, tokens, labels, k_loss, step, phase)
+        loss, metrics = self.member_loss(model, tok, tokens, labels, k_loss, step, phase, x_in)
         return loss, ({"loss": loss, **metrics}, {})
 
     @abc.abstractmethod
-    def member_loss(self, model, tok, tokens, labels, key, step, phase):
-        """(loss, metrics) of a batch of tokens under (class-dropped) labels."""
+    def member_loss(self, model, tok, tokens, labels, key, step, phase, x_in=None):
+        """(loss, metrics) of a batch of tokens under (class-dropped) labels; `x_in`, when given, is
+        the teacher-forcing input to use instead of the one the tokens make."""
 
     def post_update(self, params, extra, aux, step, key):
         return params, extra, {}
@@ -155,9 +178,10 @@ class VARTask(NextScaleTask):
         """The progressive-training stage (index of the last scale trained) at `step`."""
         return self.progressive.stage(step)
 
-    def member_loss(self, model, tok, tokens, labels, key, step, phase):
+    def member_loss(self, model, tok, tokens, labels, key, step, phase, x_in=None):
         mcfg = self.model_cfg
-        x_in = jax.lax.stop_gradient(tok.quantize.indices_to_var_input(tokens))
+        if x_in is None:
+            x_in = jax.lax.stop_gradient(tok.quantize.indices_to_var_input(tokens))
         stage = len(mcfg.patch_nums) - 1 if phase is None else phase
         lens = mcfg.scale_lens[:stage + 1]
         tokens = tokens[:, :sum(lens)]
@@ -180,7 +204,7 @@ class HMARTask(NextScaleTask):
         from arjax.train.hmar_loss import config_token_weights
         self.weights = config_token_weights(self.model_cfg)
 
-    def member_loss(self, model, tok, tokens, labels, key, step, phase):
+    def member_loss(self, model, tok, tokens, labels, key, step, phase, x_in=None):
         from arjax.train.hmar_loss import hmar_loss
         x_in = jax.lax.stop_gradient(tok.quantize.indices_to_var_input(tokens))
         return hmar_loss(model, tokens, x_in, labels, key, weights=jnp.asarray(self.weights),
@@ -206,7 +230,7 @@ class FlexVARTask(NextScaleTask):
     def phase(self, step: int) -> int:
         return int(np.random.default_rng([self.cfg.seed, step]).integers(len(self.schedules)))
 
-    def member_loss(self, model, tok, tokens, labels, key, step, phase):
+    def member_loss(self, model, tok, tokens, labels, key, step, phase, x_in=None):
         full = tuple(self.tok_cfg.patch_nums)
         pns = self.schedules[0 if phase is None else phase]
         bounds = dict(zip(full, np.cumsum([0] + [pn * pn for pn in full])[:-1]))

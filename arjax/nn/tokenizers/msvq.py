@@ -90,6 +90,38 @@ class MultiScaleQuantizer(nnx.Module):
             fhats.append(f_hat)
         return idx_list, (fhats if cumulative else f_hat)
 
+    def quantize_self_correcting(self, f, key, max_rate: float):
+        """Training targets that teach the transformer to repair its own earlier mistakes.
+
+        The index-code form of Infinity's bitwise self-correction (arXiv 2412.04431, sec. 3.3): while
+        quantising f scale by scale, each image draws a rate r ~ U[0, max_rate] and each of its tokens is
+        replaced, with probability r, by a uniformly random code before it is added to f_hat. A scale's
+        target is the nearest code to the residual left by the *corrupted* f_hat, i.e. the correction
+        of the errors fed so far, and the next scale's input is built from the corrupted f_hat, as at
+        sampling time, where the inputs are the model's own (imperfect) draws.
+
+        f: (B, H, W, C). Returns (targets (B, L) int32, fed (B, L) int32: the tokens that built f_hat,
+        var_input (B, L - pn_0**2, C): what `indices_to_var_input(fed)` gives). max_rate=0 gives the
+        plain `quantize` tokens as both targets and fed tokens."""
+        b, vocab = f.shape[0], self.embedding.shape[0]
+        k_rate, k_where, k_code = jax.random.split(key, 3)
+        rate = jax.random.uniform(k_rate, (b, 1, 1), maxval=max_rate)
+        f_rest, f_hat = jax.lax.stop_gradient(f), jnp.zeros_like(f)
+        targets, fed, inputs = [], [], []
+        for si, pn in enumerate(self.patch_nums):
+            idx = self.nearest(resize_area(f_rest, pn))
+            replace = jax.random.uniform(jax.random.fold_in(k_where, si), idx.shape) < rate
+            random_code = jax.random.randint(jax.random.fold_in(k_code, si), idx.shape, 0, vocab)
+            used = jnp.where(replace, random_code, idx)
+            h = self.upsample_to_full(si, self.lookup(used))
+            f_hat, f_rest = f_hat + h, f_rest - h
+            targets.append(idx.reshape(b, pn * pn))
+            fed.append(used.reshape(b, pn * pn))
+            if si + 1 < len(self.patch_nums):
+                inputs.append(resize_area(f_hat, self.patch_nums[si + 1]).reshape(b, -1, f.shape[-1]))
+        return (jnp.concatenate(targets, 1), jnp.concatenate(fed, 1),
+                jax.lax.stop_gradient(jnp.concatenate(inputs, 1)))
+
     def split_scales(self, idx):
         """(B, L) -> list of (B, pn, pn) index maps."""
         b = idx.shape[0]
