@@ -108,7 +108,7 @@ class NextScaleTask(abc.ABC):
             if not features:
                 return tok.encode(x)
             f = tok.features(x)
-            return jnp.concatenate(tok.quantize.quantize(f)[0], axis=1), f
+            return tok.tokens_from_features(f), f
 
         return encode_to_cache(workdir / "token_cache", source, jax.jit(encode), image_size=self.image_size,
                                vocab=self.tok_cfg.vocab_size, batch_size=max(self.cfg.batch_size, 32),

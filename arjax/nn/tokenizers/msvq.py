@@ -171,8 +171,11 @@ class MultiScaleVQVAE(nnx.Module):
 
     def encode(self, images):
         """images -> (B, L) int32 token indices, scales concatenated coarse to fine."""
-        idx_list, _ = self.quantize.quantize(self.features(images))
-        return jnp.concatenate(idx_list, axis=1)
+        return self.tokens_from_features(self.features(images))
+
+    def tokens_from_features(self, f):
+        """Quantiser input f (B, h, w, Cvae) -> (B, L) int32 token indices."""
+        return jnp.concatenate(self.quantize.quantize(f)[0], axis=1)
 
     def fhat_to_img(self, f_hat):
         return jnp.clip(self.decoder(self.post_quant_conv(f_hat)), -1.0, 1.0)
