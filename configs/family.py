@@ -44,6 +44,7 @@ def get_config(arg: str = "var") -> ml_collections.ConfigDict:
     c.steps = 3000  # the comparison budget (the quickstart trains its VAR for 7200)
     c.checkpoint.every, c.sample_every = 500, 1000
     c.tokenizer_dir = "runs/family/tokenizer/model"
+    c.model.embed_kernel = 1  # every member embeds tokens as its paper does (FlexVAR has no other option)
     if arg == "var":
         return c
     if arg == "hmar":

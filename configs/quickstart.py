@@ -68,10 +68,13 @@ def get_config(arg: str = "var") -> ml_collections.ConfigDict:
         # on 36k it scored 89.2% instead of 86.8% (encoding 24k more images adds ~1 min; measured 2026-11-24)
         c.data.kwargs.num_examples = 36_000
         c.sample.cfg = 4.0  # measured better class fidelity and Frechet distance than 1.5 for these small models
+        # embed_kernel 7: each scale's input is embedded by a 7x7 convolution over its grid instead of VAR's
+        # per-token linear, so every token sees its neighbourhood of the coarser scales' f_hat. Unseen-image
+        # loss 1.76 -> 1.64 nats, class accuracy 89.4% -> 92.5% and 90.2% (seeds 0, 1; 2000 samples; 2026-11-25)
         c.model = ml_collections.ConfigDict(dict(
             depth=3, embed_dim=128, num_heads=2, mlp_ratio=4.0, num_classes=10, norm_eps=1e-6, shared_aln=False,
             attn_l2_norm=True, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, attn_impl="auto",
-            dtype="float32", remat=False))
+            dtype="float32", remat=False, embed_kernel=7))
         # self_correction: largest share of tokens replaced by random codes while the targets are built
         # (VAR only; arjax.nn.tokenizers.msvq.quantize_self_correcting); 0 = the reference's teacher forcing
         c.loss = ml_collections.ConfigDict(dict(class_dropout=0.1, label_smoothing=0.0, self_correction=0.0))

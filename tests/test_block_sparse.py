@@ -131,6 +131,7 @@ def test_entry_point_dispatches_and_kv_cached_steps_stay_dense():
                                rtol=1e-6)
 
 
+@pytest.mark.slow  # ~18 s alone; the kernel's gradients against float64 stay in the fast suite
 def test_var_training_step_is_the_same_with_pallas_and_xla():
     from flax import nnx
 

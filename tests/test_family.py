@@ -80,6 +80,7 @@ def flex_run(tmp_path_factory):
     return tok, train(cfg, root / "var", progress=False), cfg
 
 
+@pytest.mark.slow  # ~50 s alone (two trainings); FlexVAR's model and sampler: test_parity_flexvar, test_edit
 def test_flexvar_trains_and_samples_at_another_resolution(flex_run):
     tok_summary, summary, cfg = flex_run
     assert tok_summary["finished"] and summary["finished"]
@@ -96,6 +97,7 @@ def test_flexvar_trains_and_samples_at_another_resolution(flex_run):
         pipe.sample([0], steps=(1, 1, 1, 1))  # an HMAR option
 
 
+@pytest.mark.slow  # ~30 s alone; HMAR's loss, training steps and sampler: test_hmar (15 min budget)
 def test_hmar_trains_and_its_masked_schedule_changes_at_sampling(tmp_path, tiny_tokenizer_dir):
     from arjax.sample.hmar import fixed_counts, sample_hmar
     from arjax.train.trainer import train

@@ -262,6 +262,15 @@ def test_one_step_sampler(tok, model, var_input, branches):
     _check_top2_is_teacher_forced(labels, tokens, top2, var_input, branches)
 
 
+def test_one_step_sampler_with_a_conv_embedding(tok, var_input):
+    """model.embed_kernel > 1: the sampler embeds one scale's grid at a time, teacher forcing all at once."""
+    conv = create(HMAR, _model_cfg(embed_kernel=3), 0)
+    branches = _jit(conv, lambda m, lb, x, t, mk: (m(lb, x), m.masked_logits(lb, x, t, mk)))
+    labels = np.array([2, 4])
+    _, tokens, top2, _ = _sample(tok, conv, labels, 1, cfg=0.0)
+    _check_top2_is_teacher_forced(labels, tokens, top2, var_input, branches)
+
+
 def test_sampler_honours_schedule_and_forced_tokens(tok, model, var_input, branches):
     steps, b, labels = (1, 1, 2, 2, 3, 4), 3, [2, 3, 4]
     forced_tokens = _rand_tokens(11, b)

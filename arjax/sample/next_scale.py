@@ -68,7 +68,7 @@ def sample_next_scale(tokenizer: MultiScaleVQVAE, model: VAR, labels, keys, *, c
         f_hat, nxt = tokenizer.quantize.next_input(si, f_hat, emb.reshape(b, pn, pn, -1))
         if si != n - 1:
             s, e = bounds[si + 1]
-            x = model.word_embed(nxt.reshape(b, -1, mcfg.cvae)) + lvl_pos[:, s:e]
+            x = model.embed_words(nxt.reshape(b, -1, mcfg.cvae), pns[si + 1:si + 2]) + lvl_pos[:, s:e]
             x = jnp.concatenate([x, x], axis=0)
     images = (tokenizer.fhat_to_img(f_hat) + 1) * 0.5
     return images, jnp.concatenate(tokens, axis=1), jnp.concatenate(top2, axis=1)

@@ -28,6 +28,12 @@ class FlexVARConfig(VARConfig):
     pos_grid: int = 32      # side G of the learnable position grid
     max_pn: int = 16        # largest side trained on: the CFG ramp stops above it
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.embed_kernel != 1:
+            raise ValueError("embed_kernel: FlexVAR embeds each token on its own (1); the convolutional word "
+                             "embedding is implemented for VAR and HMAR")
+
 
 def sincos_grid(g: int, c: int) -> np.ndarray:
     """The reference's initial grid, (1, C, G, G): even channels sin(y w_i), odd channels cos(x w_i)."""

@@ -98,14 +98,14 @@ class HMAR(VAR):
     def embed_inputs(self, cond, var_input, num_scales: int | None = None):
         """(B, L', C) inputs of the first `num_scales` scales, level and position embeddings added."""
         lens = self.cfg.scale_lens[:num_scales]
-        x = jnp.concatenate([self.sos(cond), self.word_embed(var_input[:, :sum(lens) - lens[0]])], axis=1)
-        return x + self.lvl_pos()[:, :sum(lens)], lens
+        words = self.embed_words(var_input[:, :sum(lens) - lens[0]], self.cfg.patch_nums[1:len(lens)])
+        return jnp.concatenate([self.sos(cond), words], axis=1) + self.lvl_pos()[:, :sum(lens)], lens
 
     def scale_input(self, cond, k: int, x_k=None):
         """Input of scale k alone: the class start tokens (k = 0) or word_embed of its (B, n_k, Cvae)
         teacher-forcing input, with its level and position embeddings."""
         s, e = scales.begin_ends(self.cfg.patch_nums)[k]
-        x = self.sos(cond) if k == 0 else self.word_embed(x_k)
+        x = self.sos(cond) if k == 0 else self.embed_words(x_k, self.cfg.patch_nums[k:k + 1])
         return x + self.lvl_pos()[:, s:e]
 
     # -- teacher forcing -----------------------------------------------------------------------------

@@ -38,6 +38,9 @@ class VARConfig:
     attn_impl: str = "auto"         # arjax.ops.attention impl
     dtype: str = "float32"          # compute dtype of the blocks; params stay float32
     remat: bool = False             # recompute each block in the backward pass (less memory, ~1/3 more compute)
+    # word embedding of each scale's input: 1 = VAR's per-token linear; k > 1 = a k x k convolution over
+    # the scale's grid, so a token's input also shows its neighbouring cells (not in the released models)
+    embed_kernel: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "patch_nums", tuple(self.patch_nums))
@@ -45,6 +48,8 @@ class VARConfig:
             object.__setattr__(self, "embed_dim", 64 * self.depth)
         if self.num_heads is None:
             object.__setattr__(self, "num_heads", self.depth)
+        if self.embed_kernel < 1 or self.embed_kernel % 2 == 0:
+            raise ValueError(f"embed_kernel must be an odd size >= 1 (1 = VAR's linear); got {self.embed_kernel}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
 
@@ -89,7 +94,12 @@ class VAR(nnx.Module):
         std = math.sqrt(1 / c / 3)
         dtype = jnp.dtype(cfg.dtype)
         init = torch_trunc_normal(std)
-        self.word_embed = linear(cfg.cvae, c, std, rngs, dtype=dtype)
+        k = cfg.embed_kernel
+        if k == 1:
+            self.word_embed = linear(cfg.cvae, c, std, rngs, dtype=dtype)
+        else:  # std / k: the same output scale as the linear with k * k times the inputs
+            self.word_embed = nnx.Conv(cfg.cvae, c, (k, k), padding="SAME", kernel_init=torch_trunc_normal(std / k),
+                                       bias_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs)
         self.class_emb = nnx.Embed(cfg.num_classes + 1, c, embedding_init=init, rngs=rngs)
         self.pos_start = nnx.Param(init(rngs.params(), (1, first_l, c)))
         self.pos_1LC = nnx.Param(init(rngs.params(), (1, l, c)))
@@ -123,6 +133,18 @@ class VAR(nnx.Module):
         first_l = self.cfg.scale_lens[0]
         return jnp.broadcast_to(cond[:, None], (cond.shape[0], first_l, cond.shape[-1])) + self.pos_start[...]
 
+    def embed_words(self, x, pns):
+        """x (B, sum(pn * pn), Cvae): the teacher-forcing inputs of scales of sides `pns`, each flattened
+        row-major -> (B, sum(pn * pn), C)."""
+        if self.cfg.embed_kernel == 1:
+            return self.word_embed(x)
+        b, out, s = x.shape[0], [], 0
+        for pn in pns:  # each scale convolved on its own grid
+            grid = x[:, s:s + pn * pn].reshape(b, pn, pn, x.shape[-1])
+            out.append(self.word_embed(grid).reshape(b, pn * pn, -1))
+            s += pn * pn
+        return jnp.concatenate(out, axis=1)
+
     def logits_from_hidden(self, x, cond):
         logits = self.head(self.head_nm(x.astype(jnp.float32), cond)).astype(jnp.float32)
         return constrain(logits, "batch", None, None)  # FSDP: weights are gathered, activations stay split
@@ -150,7 +172,7 @@ class VAR(nnx.Module):
         just their prefix, and the logits cover those scales' tokens only."""
         cond = self.class_cond(labels)
         lens = self.cfg.scale_lens[:num_scales]
-        x = jnp.concatenate([self.sos(cond), self.word_embed(var_input[:, :sum(lens) - lens[0]])], axis=1)
-        x = x + self.lvl_pos()[:, :sum(lens)]
+        words = self.embed_words(var_input[:, :sum(lens) - lens[0]], self.cfg.patch_nums[1:len(lens)])
+        x = jnp.concatenate([self.sos(cond), words], axis=1) + self.lvl_pos()[:, :sum(lens)]
         x, _ = self.run_blocks(x, cond, scale_lens=lens, mask="block_causal", impl=self.cfg.attn_impl)
         return self.logits_from_hidden(x, cond)
