@@ -76,10 +76,12 @@ def test_progressive_off_is_all_scales():
         ProgressiveSchedule(6, 100, 10, fraction=0.5, first_scale=6)
 
 
-def test_prefix_forward_equals_the_full_forward_prefix():
-    """Block-causal attention: the logits of the first scales do not depend on later scales."""
+@pytest.mark.parametrize("embed_kernel", [1, 3])
+def test_prefix_forward_equals_the_full_forward_prefix(embed_kernel):
+    """Block-causal attention: the logits of the first scales do not depend on later scales (nor, with a
+    convolutional embedding, does a scale's embedding reach into the next scale's grid)."""
     cfg = VARConfig(depth=2, embed_dim=64, num_heads=2, vocab_size=32, cvae=8, patch_nums=(1, 2, 3),
-                    num_classes=5, init_adaln_gamma=0.3)
+                    num_classes=5, init_adaln_gamma=0.3, embed_kernel=embed_kernel)
     model = create(VAR, cfg)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(2, 13, 8)), jnp.float32)

@@ -139,6 +139,8 @@ class VAR(nnx.Module):
         if self.cfg.embed_kernel == 1:
             return self.word_embed(x)
         b, out, s = x.shape[0], [], 0
+        if not pns:  # the first scale alone (progressive training's first stage): no inputs to embed
+            return jnp.zeros((b, 0, self.cfg.embed_dim), jnp.dtype(self.cfg.dtype))
         for pn in pns:  # each scale convolved on its own grid
             grid = x[:, s:s + pn * pn].reshape(b, pn, pn, x.shape[-1])
             out.append(self.word_embed(grid).reshape(b, pn * pn, -1))
