@@ -25,6 +25,7 @@ def test_convert_then_sample_grid(var_tiny_files, tmp_path, capsys):
     assert "sampling" in capsys.readouterr().err  # tqdm progress goes to stderr
 
 
+@pytest.mark.slow  # ~20 s alone; CLI samples = pipeline samples also in test_evaluation_npz_... (15 min budget)
 def test_grid_tiles_match_pipeline_samples(tmp_path):
     """Chunked CLI sampling keys samples by absolute index: tiles equal one whole-batch sample."""
     import dataclasses
