@@ -102,8 +102,8 @@ class HMAR(VAR):
         return jnp.concatenate([self.sos(cond), words], axis=1) + self.lvl_pos()[:, :sum(lens)], lens
 
     def scale_input(self, cond, k: int, x_k=None):
-        """Input of scale k alone: the class start tokens (k = 0) or word_embed of its (B, n_k, Cvae)
-        teacher-forcing input, with its level and position embeddings."""
+        """Input of scale k alone: the class start tokens (k = 0) or the word embedding (`embed_words`) of
+        its (B, n_k, Cvae) teacher-forcing input, with its level and position embeddings."""
         s, e = scales.begin_ends(self.cfg.patch_nums)[k]
         x = self.sos(cond) if k == 0 else self.embed_words(x_k, self.cfg.patch_nums[k:k + 1])
         return x + self.lvl_pos()[:, s:e]

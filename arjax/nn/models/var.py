@@ -138,14 +138,12 @@ class VAR(nnx.Module):
         row-major -> (B, sum(pn * pn), C)."""
         if self.cfg.embed_kernel == 1:
             return self.word_embed(x)
-        b, out, s = x.shape[0], [], 0
+        b = x.shape[0]
         if not pns:  # the first scale alone (progressive training's first stage): no inputs to embed
             return jnp.zeros((b, 0, self.cfg.embed_dim), jnp.dtype(self.cfg.dtype))
-        for pn in pns:  # each scale convolved on its own grid
-            grid = x[:, s:s + pn * pn].reshape(b, pn, pn, x.shape[-1])
-            out.append(self.word_embed(grid).reshape(b, pn * pn, -1))
-            s += pn * pn
-        return jnp.concatenate(out, axis=1)
+        # each scale convolved on its own grid
+        return jnp.concatenate([self.word_embed(x[:, s:e].reshape(b, pn, pn, x.shape[-1])).reshape(b, e - s, -1)
+                                for pn, (s, e) in zip(pns, scales.begin_ends(pns))], axis=1)
 
     def logits_from_hidden(self, x, cond):
         logits = self.head(self.head_nm(x.astype(jnp.float32), cond)).astype(jnp.float32)
