@@ -243,6 +243,7 @@ def cmd_eval(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from arjax.eval.fid.commands import add_eval_fid_parser, add_eval_recon_parser, add_eval_ref_parser
     p = argparse.ArgumentParser(prog="arjax", description="Autoregressive image generation in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -318,19 +319,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "v5e:4x4 (needs libtpu)")
     pl.set_defaults(fn=cmd_plan)
 
-    e = sub.add_parser("eval", help="classifier accuracy and Frechet distance on the built-in dataset")
-    e.add_argument("--checkpoint", required=True, help="model directory trained on the synthetic dataset")
-    e.add_argument("--per-class", type=int, default=50)
-    e.add_argument("--cfg", type=float, default=1.5)
-    e.add_argument("--top-k", type=int, default=900)
-    e.add_argument("--top-p", type=float, default=0.96)
-    e.add_argument("--seed", type=int, default=1)
-    e.add_argument("--classifier-dir", default=None, help="where the classifier is cached (trained if absent)")
-    e.add_argument("--out", default=None, help="write the metrics as JSON")
-    e.add_argument("--by-scale", action="store_true", help="also: accuracy when the first k scales come from "
-                   "real images and the rest is sampled, for every k (where the generator loses the class)")
-    add_sampler_flags(e)
-    e.set_defaults(fn=cmd_eval)
+    e = sub.add_parser("eval", help="evaluate: FID/sFID/IS/precision/recall (ADM), tokenizer reconstructions, "
+                       "or classifier accuracy on the built-in dataset")
+    esub = e.add_subparsers(dest="eval_kind", required=True)
+    add_eval_fid_parser(esub)
+    add_eval_recon_parser(esub)
+    add_eval_ref_parser(esub)
+    ec = esub.add_parser("classes", help="classifier accuracy and Frechet distance on the built-in dataset "
+                         "(also `arjax eval --checkpoint ...`)")
+    ec.add_argument("--checkpoint", required=True, help="model directory trained on the synthetic dataset")
+    ec.add_argument("--per-class", type=int, default=50)
+    ec.add_argument("--cfg", type=float, default=1.5)
+    ec.add_argument("--top-k", type=int, default=900)
+    ec.add_argument("--top-p", type=float, default=0.96)
+    ec.add_argument("--seed", type=int, default=1)
+    ec.add_argument("--classifier-dir", default=None, help="where the classifier is cached (trained if absent)")
+    ec.add_argument("--out", default=None, help="write the metrics as JSON")
+    ec.add_argument("--by-scale", action="store_true", help="also: accuracy when the first k scales come from "
+                    "real images and the rest is sampled, for every k (where the generator loses the class)")
+    add_sampler_flags(ec)
+    ec.set_defaults(fn=cmd_eval)
 
     q = sub.add_parser("quickstart", help="the main job on CPU (see README)")
     q.add_argument("--out", default="quickstart")
@@ -345,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from arjax.train.losses import NonFiniteLoss
     from arjax.train.trainer import PeerFailure
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["eval"] and len(argv) > 1 and argv[1].startswith("--") and argv[1] != "--help":
+        argv.insert(1, "classes")  # `arjax eval --checkpoint ...`: the built-in dataset's evaluation, as before
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)

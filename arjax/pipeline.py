@@ -297,7 +297,7 @@ def load_tokenizer(directory, precision: str = "highest") -> Tokenizer:
     name = meta.get("family")
     tok_family = family.tokenizer(name) if name in family.TOKENIZERS else _member(meta).tok
     tok = abstract_module(tok_family.cls, tok_family.config_cls(**meta["tokenizer"]))
-    _restore(directory, {"tokenizer": tok})
+    _restore(directory, {"tokenizer": tok}, partial=True)  # a full model's directory holds "model" too
     return Tokenizer(tok, precision, any_schedule=tok_family.name == "flexvq")
 
 
@@ -325,10 +325,10 @@ def save(pipe: Pipeline, directory, **extra_meta) -> Path:
     return checkpoint.save_model(directory, meta, params)
 
 
-def _restore(directory, modules: dict) -> None:
+def _restore(directory, modules: dict, partial: bool = False) -> None:
     """Fill abstract modules in place with the parameters stored under the same keys."""
     abstract = {k: nnx.to_pure_dict(nnx.state(m, nnx.Param)) for k, m in modules.items()}
-    params = checkpoint.load_params(directory, abstract)
+    params = checkpoint.load_params(directory, abstract, partial=partial)
     for k, m in modules.items():
         state = nnx.state(m, nnx.Param)
         nnx.replace_by_pure_dict(state, params[k])

@@ -28,7 +28,7 @@ def labelled_grid(images, labels, *, per_row: int, class_names=None, row_names=N
         canvas.paste(Image.fromarray(imgs[i]), (label_width + pad + c * (w + pad), y0))
         if c == 0 and row_names is not None:
             draw.text((4, y0 + h // 2 - 6), str(row_names[r]), fill="black", font=font)
-        elif c == 0:
+        elif c == 0 and labels is not None:
             lab = int(labels[i])
             name = class_names[lab] if class_names is not None and lab < len(class_names) else None
             draw.text((4, y0 + h // 2 - 12), f"class {lab}", fill="black", font=font)

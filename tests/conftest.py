@@ -136,3 +136,26 @@ def tiny_builtin_var(patch_nums=(1, 2, 4)):
                       num_classes=10)
     return arjax.build({"family": "var", "tokenizer": dataclasses.asdict(tok), "model": dataclasses.asdict(model),
                         "class_names": CLASS_NAMES})
+
+
+# ---- FID protocol (../shared/fixtures/fid) --------------------------------------------------------
+def fid_fixture_dir() -> Path:
+    d = FIXTURES / "fid"
+    if not (d / "inception_cases.npz").is_file():
+        pytest.skip(reason=f"FID fixture {d} is absent (set ARJAX_FIXTURES to the shared/fixtures folder)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def fid_inception_file(tmp_path_factory) -> Path:
+    """The fixture's random-weight pytorch-fid Inception, rebuilt by its make_weights.py as .safetensors."""
+    import importlib.util
+
+    from safetensors.numpy import save_file
+    d = fid_fixture_dir()
+    spec = importlib.util.spec_from_file_location("fid_make_weights", d / "make_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path_factory.mktemp("fid_weights") / "inception_random.safetensors"
+    save_file({k: v for k, v in module.make_weights(0).items() if not k.endswith("num_batches_tracked")}, str(out))
+    return out

@@ -72,7 +72,7 @@ def test_evaluation_npz_is_class_major_resumable_and_equals_pipeline_samples(tmp
     parts.mkdir()
     size = tok.image_size
     marker = np.full((4, size, size, 3), 7, np.uint8)
-    np.save(parts / f"{0:09d}.npy", marker)
+    np.savez(parts / f"{0:09d}.npz", images=marker)
     assert cli.main(args) == 0
     arr = np.load(out)["arr_0"]
     assert arr.shape == (9, size, size, 3) and arr.dtype == np.uint8 and not parts.exists()

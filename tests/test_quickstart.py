@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from arjax import cli
@@ -12,6 +13,7 @@ from arjax.eval.classifier import classifier_path
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.py")
 
 
+@pytest.mark.slow  # ~90 s; measured 24 min for the default suite on this session's machine (15 min budget)
 def test_quickstart_glue(tmp_path, capsys, builtin_classifier_dir):
     # the evaluation classifier is the session's (the quickstart would train its own, the same way)
     shutil.copytree(builtin_classifier_dir, classifier_path(32, tmp_path / "classifier"))

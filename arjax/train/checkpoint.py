@@ -53,13 +53,19 @@ def _restore_target(abstract):
                         abstract)
 
 
-def load_params(directory, abstract_params):
-    """Restore the params tree onto the structure, dtypes and shardings of `abstract_params`."""
+def load_params(directory, abstract_params, *, partial: bool = False):
+    """Restore the params tree onto the structure, dtypes and shardings of `abstract_params`; with
+    `partial`, top-level entries on disk but not in the target are skipped (a full model's tokenizer)."""
     target = _restore_target(abstract_params)
     path = Path(directory).absolute() / PARAMS_DIR
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is missing: the model directory is incomplete")
     try:
+        if partial:
+            with ocp.PyTreeCheckpointer() as ckpt:
+                return ckpt.restore(path, args=ocp.args.PyTreeRestore(
+                    item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True))
         return ocp.StandardCheckpointer().restore(path, target)
     except ValueError as e:  # orbax reports structure / shape mismatches as ValueError
         raise ValueError(f"checkpoint {path} does not match the model described by {META_FILE}: {e}") from e
