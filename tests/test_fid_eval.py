@@ -231,6 +231,13 @@ def test_bad_input_is_named(tmp_path, builtin_ref, fid_inception_file, capsys):
     assert "Conv2d_1a_3x3" in capsys.readouterr().err
     assert cli.main([*base, "--npz", str(builtin_ref), "--split-size", "100", "--out", str(tmp_path / "r3")]) == 2
     assert "split" in capsys.readouterr().err
+    from arjax.eval.fid.batches import open_batch, write_batch
+    other = tmp_path / "other_stats.npz"  # e.g. statistics made with another network's 1024-d features
+    write_batch(other, 24, (32, 32, 3), [open_batch(builtin_ref).read(0, 24)],
+                extra={"mu": np.zeros(1024), "sigma": np.eye(1024)})
+    assert cli.main(["eval", "fid", "--npz", str(builtin_ref), "--ref", str(other), "--inception",
+                     str(fid_inception_file), "--split-size", "8", "--out", str(tmp_path / "r4")]) == 2
+    assert "1024 dimensions" in capsys.readouterr().err and not (tmp_path / "r4" / "parts").exists()
 
 
 def test_builtin_evaluation_keeps_its_old_command_line(tmp_path, capsys):

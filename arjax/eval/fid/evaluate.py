@@ -97,8 +97,15 @@ def reference_features(ref: ImageBatch, net, *, batch_size: int = 100, progress:
             "precomputed_statistics": [k for k, v in given.items() if v is not None], "cache": str(cache)}
 
 
-def check_protocol(num: int, ref_num: int, protocol: Protocol) -> None:
-    """Refuse settings that cannot be scored before any image is made, not after hours of sampling."""
+def check_protocol(num: int, ref: ImageBatch, protocol: Protocol) -> None:
+    """Refuse what cannot be scored before any image is made, not after hours of sampling."""
+    from arjax.eval.fid.inception import FEATURE_DIMS
+    for kind, stats in ref.statistics().items():
+        if stats is not None and len(stats[0]) != FEATURE_DIMS[kind]:
+            keys = "mu/sigma" if kind == "pool3" else "mu_s/sigma_s"
+            raise ValueError(f"{ref.path}: its {keys} have {len(stats[0])} dimensions; the FID Inception's "
+                             f"{kind} features have {FEATURE_DIMS[kind]} (statistics of another network?)")
+    ref_num = ref.num
     if num < protocol.split_size:
         raise ValueError(f"{num} samples are fewer than one Inception Score split of {protocol.split_size}: "
                          f"lower --split-size (ADM: 5000 of 50000)")
@@ -177,7 +184,7 @@ def _evaluate(out, settings: dict, num: int, batch_size: int, produce: Callable,
     `produce`, get the reference's, score, then `finish(result, sample, grid_path) -> (result, grid)`
     adds its own numbers and grid, and the report is written. Returns it on process 0, else None."""
     t0 = time.time()
-    check_protocol(num, ref.num, protocol)
+    check_protocol(num, ref, protocol)
     settings = {**settings, **_common_settings(net, ref, protocol, batch_size)}
     out = _run_dir(out, settings)
     sample = stream_features(out / "parts", num, batch_size, produce, net, desc=desc, progress=progress)

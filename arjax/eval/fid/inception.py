@@ -50,6 +50,7 @@ DTYPES = ("float32", "bfloat16")
 RENAMES = [(r"\.bn\.mean$", ".bn.running_mean"), (r"\.bn\.var$", ".bn.running_var")]
 IGNORE = (r".*\.num_batches_tracked",)
 SPATIAL_CHANNELS = 7
+FEATURE_DIMS = {"pool3": 2048, "spatial": 17 * 17 * SPATIAL_CHANNELS, "logits": 1008}
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -326,9 +327,8 @@ class Inception:
             pending = out
         if pending is not None:
             results.append(jax.device_get(pending))
-        dims = {"pool3": 2048, "spatial": 17 * 17 * SPATIAL_CHANNELS, "logits": 1008}
         return {k: (np.concatenate([r[k] for r in results])[:n] if results else np.zeros((0, d), np.float32))
-                for k, d in dims.items()}
+                for k, d in FEATURE_DIMS.items()}
 
     def __repr__(self) -> str:
         return (f"Inception(resize={self.resize!r}, dtype={self.dtype!r}, batch_size={self.batch_size}, "
