@@ -1,8 +1,8 @@
 """`arjax eval ref`: an ADM-format reference batch from the user's images, with its statistics.
 
 Sources: an image folder (class subfolders or flat), a TFDS split, an npz (each image through ADM's
-centre crop, `adm_center_crop`; unreadable images are skipped and counted), or `builtin:N`, N images of the built-in dataset (rendered at the size, the real images that
-`arjax eval` compares samples with). Given an Inception, the batch also stores mu/sigma (pool3) and
+centre crop, `adm_center_crop`; unreadable images are skipped and counted), or `builtin:N`, N images
+of the built-in dataset (rendered at the size: the real images `arjax eval` compares samples with). Given an Inception, the batch also stores mu/sigma (pool3) and
 mu_s/sigma_s (spatial) in float64, as OpenAI's reference batches do; the evaluator then uses them
 instead of recomputing statistics from arr_0.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -66,13 +65,13 @@ def add_statistics(path, net, *, batch_size: int = 100, progress: bool = True) -
             spatial.update(out["spatial"])
             bar.update(len(images))
     (mu, sigma), (mu_s, sigma_s) = pool3.result(), spatial.result()
-    with zipfile.ZipFile(path, "a", allowZip64=True) as z:  # an npz is a zip of .npy members
-        for name, value in (("mu", mu), ("sigma", sigma), ("mu_s", mu_s), ("sigma_s", sigma_s)):
-            with z.open(f"{name}.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asarray(value, np.float64))
+    # rewritten with the statistics (a temp file, then renamed), not appended in place: a kill mid-write
+    # must never break a finished reference
+    batches.write_batch(path, batch.num, batch.image_shape, batch.iter_images(batch_size),
+                        extra={"mu": mu, "sigma": sigma, "mu_s": mu_s, "sigma_s": sigma_s})
 
 
-# ---- images of a source, ADM-cropped ------------------------------------------------------------------------------
+# ---- images of a source, ADM-cropped ----------------------------------------------------------------
 def adm_center_crop(image_uint8: np.ndarray, size: int) -> np.ndarray:
     """guided-diffusion's reference preprocessing: halve with BOX while the shorter side is >= 2 size
     (cheap and alias-free), BICUBIC so the shorter side is `size`, centre crop size x size."""
