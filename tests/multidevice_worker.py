@@ -4,6 +4,7 @@ jax.distributed can be set before JAX starts. Driven by tests/test_sharding.py a
     python tests/multidevice_worker.py tokenizer OUT
     python tests/multidevice_worker.py sample OUT.npz
     python tests/multidevice_worker.py tiny-model OUT  |  sample-npz MODEL OUT.npz
+    python tests/multidevice_worker.py eval-fid-npz SAMPLES.npz REF.npz INCEPTION OUT_DIR
     python tests/multidevice_worker.py train WORKDIR TOKENIZER DATA FSDP TENSOR [STEPS]
     python tests/multidevice_worker.py restore WORKDIR TOKENIZER DATA FSDP TENSOR OUT.npz
 
@@ -118,6 +119,11 @@ def main(argv):
         from arjax.cli import main as arjax_main
         return arjax_main(["sample", "--checkpoint", argv[1], "--classes", "all", "--per-class", "5",
                            "--batch-size", "2", "--top-k", "20", "--npz", argv[2]])
+    if cmd == "eval-fid-npz":  # the real command line, sharded over the processes of the run
+        from arjax.cli import main as arjax_main
+        return arjax_main(["eval", "fid", "--npz", argv[1], "--ref", argv[2], "--inception", argv[3], "--out", argv[4],
+                           "--resize", "pytorch-fid", "--split-size", "8", "--pr-batch", "16", "--batch-size", "4",
+                           "--inception-batch", "4"])
     workdir, tok, data, fsdp, tensor = argv[1], argv[2], *map(int, argv[3:6])
     if cmd == "train":  # the real command line (it joins the multi-process run from the environment)
         from arjax.cli import main as arjax_main

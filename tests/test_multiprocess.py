@@ -106,3 +106,23 @@ def test_two_processes_write_one_evaluation_set(tmp_path, run_worker):
     one, two = np.load(tmp_path / "one.npz")["arr_0"], np.load(tmp_path / "two.npz")["arr_0"]
     assert one.shape[0] == 15 and not (tmp_path / "two.npz.parts").exists()
     assert np.abs(one.astype(int) - two).max() <= 1
+
+
+@pytest.mark.slow  # ~1 min: two FID evaluations of the fixture's batches
+def test_two_processes_share_one_fid_evaluation(tmp_path, run_worker, fid_inception_file, monkeypatch):
+    """Both processes compute features of their share of the batches (sample and reference); process 0
+    scores: the report equals a one-process run's and the ADM evaluator's numbers."""
+    from conftest import fid_fixture_dir
+    d = fid_fixture_dir()
+    args = [d / "e2e_sample.npz", d / "e2e_ref.npz", fid_inception_file]
+    monkeypatch.setenv("ARJAX_CACHE", str(tmp_path / "cache1"))
+    run_worker(["eval-fid-npz", *args, tmp_path / "one"], devices=1)
+    monkeypatch.setenv("ARJAX_CACHE", str(tmp_path / "cache2"))
+    r = _launch(["eval-fid-npz", *args, tmp_path / "two"], processes=2, devices=2)
+    assert r.returncode == 0, r.stderr[-5000:]
+    one, two = (json.loads((tmp_path / run / "report.json").read_text()) for run in ("one", "two"))
+    assert two["versions"]["processes"] == 2 and two["versions"]["devices"] == 4
+    want = json.loads((d / "expected.json").read_text())["e2e"]
+    for k in ("inception_score", "precision", "recall"):
+        assert abs(two[k] - one[k]) <= 1e-6 * abs(one[k]), (k, one[k], two[k])
+        assert abs(two[k] - want[k]) <= (1e-4 * want[k] if k == "inception_score" else 2e-3), (k, two[k], want[k])
