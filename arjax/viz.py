@@ -8,14 +8,19 @@ from PIL import Image, ImageDraw, ImageFont
 
 
 def to_uint8(images) -> np.ndarray:
-    """(B, H, W, 3) float in [0, 1] -> uint8."""
-    return (np.clip(np.asarray(images, np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
+    """(B, H, W, 3) float in [0, 1] -> uint8; uint8 images pass unchanged."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    return (np.clip(images.astype(np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def labelled_grid(images, labels, *, per_row: int, class_names=None, row_names=None, pad: int = 2,
                   label_width: int = 140) -> Image.Image:
     """Rows of `per_row` images; each row titled by its first image's class (or by `row_names`)."""
     imgs = to_uint8(images)
+    if labels is None and row_names is None:
+        label_width = 0  # nothing to write at the rows' start
     k = max(1, 96 // imgs.shape[1])  # small images are shown enlarged (nearest neighbour)
     imgs = np.repeat(np.repeat(imgs, k, axis=1), k, axis=2)
     b, h, w, _ = imgs.shape

@@ -70,7 +70,11 @@ def test_npz_batches_reproduce_the_adm_evaluator(tmp_path, fid_inception_file):
     assert abs(got["inception_score"] / want["inception_score"] - 1) <= 1e-4
     assert abs(got["precision"] - want["precision"]) <= 2e-3
     assert abs(got["recall"] - want["recall"]) <= 2e-3
-    assert (run / "grid.png").is_file() and got["settings"]["resize"] == "pytorch-fid"
+    assert got["settings"]["resize"] == "pytorch-fid"
+    from PIL import Image
+    grid = np.asarray(Image.open(run / "grid.png").convert("RGB"))
+    first = np.load(d / "e2e_sample.npz")["arr_0"][0]  # 64 px tiles, drawn 1:1 after a 2 px border
+    np.testing.assert_array_equal(grid[2:66, 2:66], first)
     assert {"jax", "arjax", "scipy"} <= set(got["versions"]) and got["seconds"]["total"] > 0
 
 
@@ -261,3 +265,13 @@ def test_ssim_and_psnr_match_scikit_image():
     assert ssim(a, a).min() == pytest.approx(1.0) and np.isinf(psnr(a, a)).all()
     with pytest.raises(ValueError, match="one shape"):
         ssim(a, b[:, :20])
+
+
+def test_grid_rows_are_one_class_each():
+    from arjax.eval.fid.evaluate import balanced_labels, grid_indices
+    for num, k in ((20, 10), (50_000, 1000), (23, 3)):
+        labels = balanced_labels(num, k)
+        assert np.bincount(labels).max() - np.bincount(labels).min() <= 1  # class-balanced
+        shown, per_row = grid_indices(labels, k)
+        rows = labels[shown].reshape(-1, per_row)
+        assert (rows == rows[:, :1]).all() and len(np.unique(rows[:, 0])) == len(rows) <= 8

@@ -28,6 +28,7 @@ from arjax.eval.fid import metrics
 from arjax.eval.fid.batches import ImageBatch, open_batch
 
 GRID_CLASSES, GRID_PER_CLASS = 8, 8
+PAPER_SAMPLES = 50_000  # the protocol's sample count (ImageNet 256 / 512 tables)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,10 +220,12 @@ def balanced_labels(num: int, num_classes: int) -> np.ndarray:
     return (np.arange(num, dtype=np.int64) * num_classes // num).astype(np.int64)
 
 
-def grid_indices(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """The first GRID_PER_CLASS samples of up to GRID_CLASSES classes spread over the label range."""
+def grid_indices(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, int]:
+    """(indices, per row): the first samples of up to GRID_CLASSES classes spread over the label range,
+    the same number of each (at most GRID_PER_CLASS), so that each grid row is one class."""
     classes = np.unique(np.linspace(0, num_classes - 1, min(GRID_CLASSES, num_classes)).round().astype(int))
-    return np.concatenate([np.flatnonzero(labels == c)[:GRID_PER_CLASS] for c in classes])
+    per_class = min(GRID_PER_CLASS, min(int(np.sum(labels == c)) for c in classes))
+    return np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in classes]), per_class
 
 
 def evaluate_checkpoint(pipe, ref, net, out, *, num: int = 50_000, cfg: float = 1.5, top_k: int = 900,
@@ -236,7 +239,7 @@ def evaluate_checkpoint(pipe, ref, net, out, *, num: int = 50_000, cfg: float = 
     if num < num_classes:
         raise ValueError(f"--num {num} is fewer than the model's {num_classes} classes")
     labels = balanced_labels(num, num_classes)
-    shown = grid_indices(labels, num_classes)
+    shown, per_row = grid_indices(labels, num_classes)
 
     def produce(start, stop):
         images = sample_pixels(pipe, labels, start, stop, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed, **options)
@@ -246,7 +249,7 @@ def evaluate_checkpoint(pipe, ref, net, out, *, num: int = 50_000, cfg: float = 
     def finish(result, sample, grid):
         order = np.argsort(sample["grid_index"])
         return result, save_grid(grid, sample["grid"][order], labels[sample["grid_index"][order]],
-                                 per_row=GRID_PER_CLASS, class_names=pipe.class_names)
+                                 per_row=per_row, class_names=pipe.class_names)
 
     settings = {"mode": "checkpoint", "checkpoint": source, "num": num, "num_classes": num_classes, "cfg": cfg,
                 "top_k": top_k, "top_p": top_p, "seed": seed, "sample_options": options}
@@ -308,5 +311,8 @@ def format_report(report: dict) -> str:
     s = report["settings"]
     lines.append(f"({s['num']} images vs {report['reference']['num']} reference images, Inception resize "
                  f"{s['resize']}, {s['dtype']}; {report['seconds']['total']:.0f}s)")
+    if s["mode"] != "recon" and s["num"] < PAPER_SAMPLES:
+        lines.append(f"note: papers report {PAPER_SAMPLES} samples; FID is biased upwards at fewer, so this "
+                     f"number compares only with others at {s['num']}")
     lines += [f"grid: {report['grid_png']}", f"report: {report['report_json']}"]
     return "\n".join(lines)
