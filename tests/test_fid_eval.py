@@ -275,3 +275,13 @@ def test_grid_rows_are_one_class_each():
         shown, per_row = grid_indices(labels, k)
         rows = labels[shown].reshape(-1, per_row)
         assert (rows == rows[:, :1]).all() and len(np.unique(rows[:, 0])) == len(rows) <= 8
+
+
+def test_a_full_model_directory_gives_its_tokenizer(tmp_path):
+    """`arjax eval recon --checkpoint` takes a tokenizer's or a full model's directory."""
+    import arjax
+    from conftest import tiny_builtin_var
+    pipe = tiny_builtin_var()
+    model = arjax.save(pipe, tmp_path / "m")
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(arjax.load_tokenizer(model).encode(x), pipe.tokenizer.encode(x))
