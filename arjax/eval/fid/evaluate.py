@@ -262,6 +262,7 @@ def evaluate_reconstructions(tokenizer, ref, net, out, *, num: int | None = None
                              progress: bool = True) -> dict | None:
     """rFID (and sFID, IS, precision/recall) of a tokenizer's reconstructions of the reference images
     against the reference, with PSNR, SSIM and, given `lpips=(graphdef, params)`, LPIPS per image."""
+    from arjax.data.transforms import to_pm1
     from arjax.eval.image_quality import psnr, ssim
     from arjax.sample.bulk import to_pixels
     from arjax.viz import save_grid
@@ -273,7 +274,6 @@ def evaluate_reconstructions(tokenizer, ref, net, out, *, num: int | None = None
     num = ref.num if num is None else num
     if not 0 < num <= ref.num:
         raise ValueError(f"--num {num}: the reference holds {ref.num} images")
-    to_pm1 = lambda u: u.astype(np.float32) / np.float32(127.5) - np.float32(1.0)  # noqa: E731
 
     def produce(start, stop):
         real = ref.read(start, stop)
