@@ -13,48 +13,16 @@ import pytest
 from arjax.ops import scales
 from arjax.ops.attention import attention
 from arjax.ops.block_sparse import block_sparse_attention, block_tables, check_triton_shapes, token_levels
+from attention_reference import check_kernel
 
 INTERPRET = jax.default_backend() == "cpu"  # compiled wherever Pallas has a backend
 
 
-def _mask(mask, lens, length):
-    lvl = token_levels(mask, lens, length)
-    return lvl[None, :] == lvl[:, None] if mask == "block_diagonal" else lvl[None, :] <= lvl[:, None]
-
-
-def reference(q, k, v, g, mask, scale):
-    """float64 attention output and the gradients of sum(out * g) (the textbook backward)."""
-    s = np.einsum("bqhd,bkhd->bhqk", q, k) * scale
-    s = np.where(mask, s, -np.inf)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    out = np.einsum("bhqk,bkhd->bqhd", p, v)
-    dp = np.einsum("bqhd,bkhd->bhqk", g, v)
-    ds = p * (dp - (dp * p).sum(-1, keepdims=True))
-    dq = np.einsum("bhqk,bkhd->bqhd", ds, k) * scale
-    dk = np.einsum("bhqk,bqhd->bkhd", ds, q) * scale
-    dv = np.einsum("bhqk,bqhd->bkhd", p, g)
-    return out, (dq, dk, dv)
-
-
 def _check(lens, mask, heads, dim, dtype, tol, seed, block=64):
-    length = sum(lens)
-    rng = np.random.default_rng(seed)
-    q, k, v, g = (rng.normal(size=(2, length, heads, dim)) for _ in range(4))
-    scale = dim ** -0.5
-    want, want_grads = reference(q, k, v, g, _mask(mask, lens, length), scale)
-
-    def run(q, k, v):
-        return block_sparse_attention(q, k, v, scale_lens=lens, mask=mask, block_q=block, block_k=block,
+    def run(q, k, v, scale):
+        return block_sparse_attention(q, k, v, scale_lens=lens, mask=mask, scale=scale, block_q=block, block_k=block,
                                       interpret=INTERPRET)
-    args = [jnp.asarray(x, dtype) for x in (q, k, v)]
-    with jax.default_matmul_precision("highest"):
-        out, vjp = jax.vjp(run, *args)
-        grads = vjp(jnp.asarray(g, dtype))
-    # relative to the largest reference magnitude of each tensor
-    for name, got, ref in [("out", out, want), *zip(("dq", "dk", "dv"), grads, want_grads)]:
-        err = np.abs(np.asarray(got, np.float64) - ref).max() / np.abs(ref).max()
-        assert err < tol, f"{name}: relative error {err:.2e} (lens {lens}, mask {mask}, {heads}x{dim}, {dtype})"
+    check_kernel(run, lens, mask, heads, dim, dtype, tol, seed)
 
 
 SCHEDULES = {  # tokens per scale

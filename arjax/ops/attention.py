@@ -1,23 +1,40 @@
 """The one attention entry point used by every model.
 
-`impl="xla"` is the dense reference: explicit boolean mask, float32 softmax. It is the oracle the
-block-sparse kernels are tested against, and what "auto" picks. `impl="pallas"` is the block-sparse
-flash kernel of `arjax.ops.block_sparse` (run interpreted on CPU); on one H100 it made a VAR-d16
-training step 1.7x faster (benchmarks/RESULTS.md), but it is not "auto" yet: it has no partitioning
-rule for multi-device meshes and has not been compiled for a TPU; KV-cached steps, where queries see every
-cached key and no mask applies, always take the dense path. With "auto"/"xla", block-diagonal masks
-(HMAR) run dense attention per scale on static slices: no L x L scores, and it equals the masked result.
+`impl` names the implementation:
+
+| impl     | what                                                              | runs on                  |
+|----------|-------------------------------------------------------------------|--------------------------|
+| "xla"    | dense reference: explicit boolean mask, float32 softmax            | everywhere               |
+| "pallas" | block-sparse flash kernel, `arjax.ops.block_sparse` (Triton layout) | GPU; CPU interpreted     |
+| "splash" | JAX's splash attention on a mask from scale_lens, `arjax.ops.splash` | TPU; CPU interpreted     |
+| "auto"   | per target platform: "splash" on TPU, "pallas" on GPU (power-of-two head dim), "xla" on CPU |  |
+
+Evidence for "auto": on one H100 the Pallas kernel made a VAR-d16 training step 1.7x faster than XLA
+(benchmarks/RESULTS.md, 2026-11-24); on TPU splash is compiled ahead of time by the tests and by
+`arjax plan` (temporaries fall by the (L x L) score matrices), its speed is not measured here (no TPU);
+on CPU the kernels only run interpreted, so XLA. The target platform is the device kind of the mesh
+being traced for (`jax.set_mesh`, e.g. a TPU topology compiled ahead of time from a CPU host), else the
+default backend. KV-cached steps, where queries see every cached key and no mask applies, always take
+the dense path. Under a multi-device mesh the kernels run per device on its rows of the batch and its
+heads (`shard_map` over data x fsdp and tensor): q, k and v are never gathered. With "auto"/"xla",
+block-diagonal masks (HMAR) run dense attention per scale on static slices: no L x L scores, and it
+equals the masked result.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
+from arjax import parallel
 from arjax.ops import scales
 
 MASKS = ("block_causal", "block_diagonal", "causal", "none")
-IMPLS = ("auto", "xla", "pallas")
+IMPLS = ("auto", "xla", "pallas", "splash")
+KERNELS = {"gpu": "pallas", "tpu": "splash"}  # the kernel each platform runs; CPU interprets either
 
 
 def build_mask(mask: str, scale_lens, q_len: int, k_len: int) -> np.ndarray | None:
@@ -58,10 +75,14 @@ def attention(q, k, v, *, scale_lens=None, mask: str = "block_causal", impl: str
         raise ValueError(f"attention mask must be one of {MASKS}, got {mask!r}")
     if impl not in IMPLS:
         raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "pallas" and q.shape[1] == k.shape[1]:
-        from arjax.ops.block_sparse import block_sparse_attention
-        return block_sparse_attention(q, k, v, scale_lens=scale_lens, mask=mask, scale=scale,
-                                      interpret=interpret or jax.default_backend() == "cpu")
+    platform = target_platform()
+    impl = resolve_impl(impl, platform, q_len=q.shape[1], k_len=k.shape[1], head_dim=q.shape[-1])
+    if impl in ("pallas", "splash"):
+        if platform not in ("cpu", _platform_of(impl)):
+            raise ValueError(f"attention impl={impl!r} is the {_platform_of(impl).upper()} kernel and cannot "
+                             f"run on {platform}: use impl={KERNELS.get(platform, 'xla')!r} or 'auto'")
+        return sharded_kernel(impl, q, k, v, scale_lens=scale_lens, mask=mask, scale=scale,
+                              interpret=interpret or platform == "cpu")
     if mask == "block_diagonal":
         return per_scale_attention(q, k, v, scale_lens, scale=scale)
     m = build_mask(mask, scale_lens, q.shape[1], k.shape[1])
@@ -78,3 +99,54 @@ def per_scale_attention(q, k, v, scale_lens, *, scale: float | None = None):
         outs.append(dense_attention(q[:, s:s + n], k[:, s:s + n], v[:, s:s + n], scale=scale))
         s += n
     return jnp.concatenate(outs, axis=1)
+
+
+def target_platform() -> str:
+    """The platform being traced for: the mesh's devices (an ahead-of-time TPU topology included), else the
+    default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.abstract_device is not None:
+        return mesh.abstract_device.platform
+    return jax.default_backend()
+
+
+def _platform_of(kernel: str) -> str:
+    return {v: k for k, v in KERNELS.items()}[kernel]
+
+
+def resolve_impl(impl: str, platform: str, *, q_len: int, k_len: int, head_dim: int) -> str:
+    """What "auto" means for this call (see the module docstring); other impls are returned as given,
+    except that a kernel is never used for KV-cached steps (q_len != k_len)."""
+    if q_len != k_len:
+        return "xla"
+    if impl != "auto":
+        return impl
+    kernel = KERNELS.get(platform)
+    if kernel == "pallas" and head_dim & (head_dim - 1):  # Triton tiles are powers of two
+        return "xla"
+    return kernel or "xla"
+
+
+def sharded_kernel(impl: str, q, k, v, *, scale_lens, mask: str, scale, interpret: bool):
+    """The block-sparse kernel on each device's share of the batch (mesh axes data x fsdp) and of the heads
+    (tensor), under `shard_map`; outside a multi-device mesh, the kernel as is."""
+    if impl == "pallas":
+        from arjax.ops.block_sparse import block_sparse_attention as kernel
+    else:
+        from arjax.ops.splash import splash_attention as kernel
+    fn = functools.partial(kernel, scale_lens=scale_lens, mask=mask, scale=scale, interpret=interpret)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return fn(q, k, v)
+    spec = P(_dividing_axes(mesh, parallel.BATCH_AXES, q.shape[0]), None,
+             _dividing_axes(mesh, ("tensor",), q.shape[2]), None)
+    return jax.shard_map(fn, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
+
+
+def _dividing_axes(mesh, axes, size: int):
+    """The mesh axes (of `axes`, larger than 1) that split a dimension of `size` evenly, or None. An
+    indivisible dimension is kept whole on every device (gathered), which is correct but costs memory."""
+    axes = tuple(a for a in axes if mesh.shape.get(a, 1) > 1)
+    while axes and size % int(np.prod([mesh.shape[a] for a in axes])):
+        axes = axes[:-1]
+    return axes or None
