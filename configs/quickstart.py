@@ -22,6 +22,9 @@ def common(task: str) -> ml_collections.ConfigDict:
     c.show_metrics = ("loss",)
     c.data = ml_collections.ConfigDict(dict(
         name="synthetic", augment=False, cache_tokens=False,
+        # cache_views (with cache_tokens): K > 1 caches K augmented encodings (random crop + flip) per image
+        # and each epoch reads one, keeping the augmentation; 1 = one un-augmented encoding per image
+        cache_views=1,
         kwargs=ml_collections.ConfigDict(dict(num_examples=50_000, seed=0))))  # images at the model's size
     c.optim = ml_collections.ConfigDict(dict(
         base_lr=8e-3, warmup_steps=50, wp0=0.005, wpe=0.01, schedule="lin0", weight_decay=0.05,

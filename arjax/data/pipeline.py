@@ -13,7 +13,8 @@ Everything up to the batch is a grain MapDataset, so an element is a pure functi
 in the stream; the iterator's state is therefore just a position (`it.get_state()`), and a restored
 iterator yields exactly the batches the interrupted one would have. Per-example augmentation draws
 from np.random.default_rng([seed, epoch, source_index]): the same image gets a fresh crop and flip
-each epoch, independent of sharding, threads, and where a run was resumed.
+each epoch, independent of sharding, threads, and where a run was resumed. A token cache of several
+augmented views per image picks one the same way (TokenCache.epoch_record).
 
 Images stay uint8 until after batching so that the prefetch buffer holds 4x less memory.
 For more decode throughput than threads give, append `.mp_prefetch(grain.MultiprocessingOptions(...))`.
@@ -78,7 +79,9 @@ class _LoadExample:
 
     def __call__(self, position_and_index: tuple[int, int]) -> dict | None:
         position, index = position_and_index
-        record = self.source[index]
+        epoch = position // self.examples_per_epoch
+        read = getattr(self.source, "epoch_record", None)  # a token cache of several views: one per epoch
+        record = self.source[index] if read is None else read(index, epoch, self.seed)
         label = np.int32(record["label"])
         if "tokens" in record:  # a token cache: tokens, label and, if it holds them, encoder features
             return {**record, "tokens": np.asarray(record["tokens"], np.int32), "label": label}
@@ -88,7 +91,6 @@ class _LoadExample:
         if not self.augment:
             image = fit_transform(image, self.image_size)
         elif self.train:
-            epoch = position // self.examples_per_epoch
             rng = np.random.default_rng([self.seed, epoch, index])
             image = var_train_transform(image, self.image_size, rng)
         else:

@@ -92,15 +92,25 @@ class NextScaleTask(abc.ABC):
         return nnx.merge(self.tok_graphdef, consts["tokenizer"])
 
     def prepare_source(self, source, workdir, progress: bool):
-        """With data.cache_tokens, images are encoded once into workdir/token_cache and training reads
-        tokens (no encoder in the step; no crop/flip augmentation); with loss.self_correction, the
-        encoder's features too."""
+        """With data.cache_tokens, images are encoded into workdir/token_cache and training reads tokens
+        (no encoder in the step); with loss.self_correction, the encoder's features too.
+        data.cache_views=1 encodes each image once, un-augmented (resize + centre crop). data.cache_views=K > 1
+        keeps the official augmentation: each image is encoded as K random crops + flips of VAR's training
+        transform, and each epoch reads one of them per image, every view once per K epochs
+        (arjax.data.token_cache). Without data.cache_tokens, cache_views does nothing."""
+        views = self.cfg.data.get("cache_views", 1)
+        if isinstance(views, bool) or not isinstance(views, (int, np.integer)) or views < 1:
+            raise ValueError(f"data.cache_views is the number of augmented encodings per image, an int >= 1 "
+                             f"(1: one un-augmented encoding); got {views!r}")
         features = self.self_correction > 0
         if isinstance(source, TokenCache) and features and source.feature_shape is None:
             raise ValueError(f"loss.self_correction needs the encoder's features, and the token cache {source.path} "
                              f"holds tokens only: train from images (data.cache_tokens=True makes a cache with them)")
         if not self.cfg.data.cache_tokens or isinstance(source, TokenCache):
             return source
+        if views > 1 and not self.cfg.data.augment:
+            raise ValueError(f"data.cache_views={views} needs data.augment=True: without augmentation every view of "
+                             f"an image would be the same encoding; set data.cache_views=1")
         params, gd = self.tok_params, self.tok_graphdef
 
         def encode(x):
@@ -112,7 +122,8 @@ class NextScaleTask(abc.ABC):
 
         return encode_to_cache(workdir / "token_cache", source, jax.jit(encode), image_size=self.image_size,
                                vocab=self.tok_cfg.vocab_size, batch_size=max(self.cfg.batch_size, 32),
-                               augment=self.cfg.data.augment, progress=progress, with_features=features)
+                               augment=self.cfg.data.augment, progress=progress, with_features=features,
+                               views=int(views), seed=self.cfg.seed)
 
     def phase(self, step: int):
         return None
