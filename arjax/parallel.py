@@ -231,8 +231,13 @@ def _platform() -> str:
 
 
 def _libtpu_present() -> bool:
+    """libtpu installed AND a TPU attached: `pip install .[tpu]` also brings libtpu to CPU machines, where it
+    only compiles ahead of time (arjax plan --topology). TPU VMs expose their chips as /dev/accel* (v2-v5e)
+    or /dev/vfio/* (v5p, v6e)."""
+    import glob
     import importlib.util
-    return importlib.util.find_spec("libtpu") is not None
+    return (importlib.util.find_spec("libtpu") is not None
+            and bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")))
 
 
 def _on_tpu_pod() -> bool:

@@ -30,8 +30,7 @@ INSTALL = [
     "sudo apt-get -qq -o DPkg::Lock::Timeout=600 install -y python3.11-venv",
     f"python3.11 -m venv {VENV}",
     f"cd {REMOTE_DIR}",
-    f'{VENV}/bin/pip install -e ".[dev]"',
-    f'{VENV}/bin/pip install -U "jax[tpu]"',
+    f'{VENV}/bin/pip install -e ".[dev,tpu]"',  # .[tpu]: the libtpu matching the jax arjax is tested with
 ]
 # gcsfuse from Google's apt repository (cloud.google.com/storage/docs/cloud-storage-fuse/install),
 # with the same lock timeout as above.

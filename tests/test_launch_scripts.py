@@ -18,7 +18,7 @@ WHERE = ["--name", "my-tpu", "--zone", "us-west4-a"]
 INSTALL = ("sudo apt-get -qq -o DPkg::Lock::Timeout=600 update && "
            "sudo apt-get -qq -o DPkg::Lock::Timeout=600 install -y python3.11-venv && "
            "python3.11 -m venv ~/arjax-venv && cd ~/arjax && "
-           '~/arjax-venv/bin/pip install -e ".[dev]" && ~/arjax-venv/bin/pip install -U "jax[tpu]"')
+           '~/arjax-venv/bin/pip install -e ".[dev,tpu]"')
 # In the dry-run output, inside the single quotes around --command.
 GCSFUSE_INSTALL = ('export GCSFUSE_REPO=gcsfuse-$(lsb_release -c -s) && '
                    'echo "deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt '

@@ -16,6 +16,7 @@ no scale argument). `interpret=True` runs it on any backend (CPU tests check it 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 
 import jax
@@ -52,9 +53,17 @@ def _kernel(mask: str, scale_lens: tuple | None, length: int, heads: int, block:
     m = sa.NumpyMask(padded_mask(mask, scale_lens, length, block))
     sizes = sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                           block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
-    with jax.ensure_compile_time_eval():  # concrete block tables even when first built inside a trace
-        return sa.make_splash_mha(sa.MultiHeadMask([m] * heads), block_sizes=sizes, head_shards=1,
-                                  q_seq_shards=1, interpret=interpret)
+
+    def build():
+        kernel = sa.make_splash_mha(sa.MultiHeadMask([m] * heads), block_sizes=sizes, head_shards=1,
+                                    q_seq_shards=1, interpret=interpret)
+        return jax.tree.map(np.asarray, kernel)  # the block tables as host constants, usable in any trace
+
+    # make_splash_mha creates its tables with jnp.array, which inside a trace (shard_map, or a mesh of
+    # ahead-of-time TPU devices) would make tracers or fail; JAX's trace and mesh contexts are
+    # thread-local, so a worker thread builds it as if outside of everything.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(build).result()
 
 
 def splash_attention(q, k, v, *, scale_lens=None, mask: str = "block_causal", scale: float | None = None,

@@ -37,13 +37,51 @@ def _ema(ema, params, decay):
     return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
 
 
-def make_train_step(task, tx, seed: int, ema_decay: float):
+def accumulated_grads(loss_fn, accum_steps: int):
+    """value_and_grad of `loss_fn(params, extra, consts, batch, key, ...)`, the batch split into
+    `accum_steps` microbatches run one after another (lax.scan): the same mean loss and gradients as
+    one pass over the whole batch, with the activations of a microbatch. Microbatch i takes rows i, i + k,
+    i + 2k, ... so that every device keeps its own rows (the batch is split over devices by blocks of
+    rows). The loss must be a mean over the batch and return no per-example aux."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum_steps == 1:
+        return grad_fn
+
+    def run(params, extra, consts, batch, key, *rest):
+        def split(x):
+            if x.shape[0] % accum_steps:
+                raise ValueError(f"accum_steps={accum_steps} must divide the batch ({x.shape[0]} rows)")
+            x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+            return parallel.constrain(x, None, "batch", *(None,) * (x.ndim - 2))
+
+        def one(i, micro):
+            return grad_fn(params, extra, consts, micro, jax.random.fold_in(key, i), *rest)
+
+        def body(acc, xs):
+            (loss, (metrics, aux)), grads = one(*xs)
+            if jax.tree.leaves(aux):
+                raise ValueError("accum_steps > 1 applies to losses without per-batch aux outputs (the AR "
+                                 "models); the tokenizer's code reseeding and discriminator need the whole batch")
+            return jax.tree.map(jnp.add, acc, (loss, metrics, grads)), None
+
+        micro = jax.tree.map(split, batch)
+        (_, (m0, _)), g0 = jax.eval_shape(one, 0, jax.tree.map(lambda x: x[0], micro))
+        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), (jax.ShapeDtypeStruct((), jnp.float32), m0, g0))
+        total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
+        loss, metrics, grads = jax.tree.map(lambda t: t / accum_steps, total)
+        return (loss, (metrics, {})), grads
+
+    return run
+
+
+def make_train_step(task, tx, seed: int, ema_decay: float, accum_steps: int = 1):
+    grad_fn = accumulated_grads(task.loss, accum_steps)
+
     def train_step(state, consts, batch, phase):
         step = state["step"]
         key = jax.random.fold_in(jax.random.key(seed), step)
         k_loss, k_post = jax.random.split(key)
-        (loss, (metrics, aux)), grads = jax.value_and_grad(task.loss, has_aux=True)(
-            state["params"], state["extra"], consts, batch, k_loss, step, phase)
+        (loss, (metrics, aux)), grads = grad_fn(state["params"], state["extra"], consts, batch, k_loss, step, phase)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         params, extra, post_metrics = task.post_update(params, state["extra"], aux, step, k_post)
@@ -135,7 +173,7 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
 
     # ---- step ----------------------------------------------------------------------------------
     # `phase` (static) is what changes the step's shapes, e.g. the scales of progressive training
-    step_fn = jax.jit(make_train_step(task, tx, cfg.seed, cfg.ema_decay), static_argnums=3, donate_argnums=0,
+    step_fn = jax.jit(make_train_step(task, tx, cfg.seed, cfg.ema_decay, cfg.get("accum_steps", 1)), static_argnums=3, donate_argnums=0,
                       in_shardings=(state_sh, rep, parallel.batch_sharding(mesh)), out_shardings=(state_sh, rep))
     preview_fn = jax.jit(task.preview, static_argnums=3, out_shardings=rep)
 
