@@ -32,6 +32,9 @@ def common(task: str) -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=2))
     # device mesh (arjax.parallel): batch over data x fsdp, FSDP-sharded state; -1 = remaining devices
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    # gradient accumulation: each step runs the batch as this many microbatches (same global batch, less
+    # activation memory); AR models only
+    c.accum_steps = 1
     c.sample = ml_collections.ConfigDict(dict(cfg=1.5, top_k=900, top_p=0.96, preview_classes=10,
                                               preview_per_class=4))
     return c

@@ -121,7 +121,7 @@ def test_sampling_splits_the_batch_over_all_devices_with_the_same_samples(run_wo
         np.testing.assert_allclose(b["images"], a["images"], atol=1e-5)
 
 
-def test_a_workdir_may_resume_on_another_mesh_but_not_with_another_recipe(tmp_path):
+def test_a_workdir_may_resume_on_another_mesh_or_microbatching_but_not_with_another_recipe(tmp_path):
     from arjax.config import load_config
     from arjax.train.trainer import _check_same_config
     from conftest import REPO
@@ -130,3 +130,12 @@ def test_a_workdir_may_resume_on_another_mesh_but_not_with_another_recipe(tmp_pa
     _check_same_config(load_config(config, ["mesh.data=2", "mesh.fsdp=4"]), tmp_path)
     with pytest.raises(ValueError, match="steps"):
         _check_same_config(load_config(config, ["steps=5"]), tmp_path)
+    _check_same_config(load_config(config, ["accum_steps=2"]), tmp_path)  # same global batch, in 2 pieces
+    # a run started before data.cache_views existed resumes at the default that reproduces it
+    import json
+    old = json.loads((tmp_path / "config.json").read_text())
+    del old["data"]["cache_views"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    _check_same_config(load_config(config), tmp_path)
+    with pytest.raises(ValueError, match="cache_views"):
+        _check_same_config(load_config(config, ["data.cache_views=4"]), tmp_path)

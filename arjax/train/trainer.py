@@ -351,17 +351,23 @@ def export(task, params, consts, directory, class_names=None) -> Path:
 
 
 def _check_same_config(cfg, workdir: Path, write: bool = True) -> None:
-    """A workdir belongs to one config: resuming with another would silently mix runs. The mesh may
-    change (a run moves to another slice): it changes where the numbers live, not what they are."""
+    """A workdir belongs to one config: resuming with another would silently mix runs. The mesh, the
+    microbatches per step and the planned slice may change (a run moves to another slice): they change
+    where and in how many pieces the numbers are computed, not what they are. Keys added to arjax after a
+    run started are accepted at the default that reproduces the old behaviour."""
     path = workdir / "config.json"
     current = cfg.to_json_best_effort(sort_keys=True)
     if path.exists():
-        diff = [d for d in _diff(json.loads(path.read_text()), json.loads(current)) if not d.startswith("mesh.")]
+        diff = [d for d in _diff(json.loads(path.read_text()), json.loads(current))
+                if not d.startswith(("mesh.", "plan.", "accum_steps:")) and d not in _NEW_KEYS_AT_DEFAULT]
         if diff:
             raise ValueError(f"{workdir} holds a run with another config ({', '.join(diff[:6])}); "
                              f"use a new --workdir or the original config")
     elif write:
         path.write_text(current)
+
+
+_NEW_KEYS_AT_DEFAULT = {"data.cache_views: None -> 1"}
 
 
 def _diff(a, b, prefix="") -> list[str]:
