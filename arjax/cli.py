@@ -121,16 +121,57 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_plan(args) -> None:
+    import json
+
     from arjax import plan
+    from arjax.config import load_config  # reads the config without starting JAX's backend
     if args.topology and args.devices:
         raise ValueError("give --devices (fake CPU devices) or --topology (a TPU topology), not both")
-    if args.devices:
-        plan.use_fake_cpu_devices(args.devices)  # before JAX starts its backend
-    from arjax.config import load_config
     mesh = [f"mesh.{kv.strip()}" for kv in args.mesh.split(",") if kv.strip()] if args.mesh else []
     cfg = load_config(args.config, [*args.set, *mesh])
-    devices = plan.topology_devices(args.topology) if args.topology else None
-    print(plan.format_plan(plan.plan(cfg, devices), cfg))
+    topology = args.topology
+    if not topology and not args.devices and cfg.get("plan") and cfg.plan.get("topology"):
+        topology = cfg.plan.topology  # the slice the recipe is planned for
+        if not args.json:
+            print(f"topology {topology} (the config's plan.topology; --topology or --devices to change)")
+    if args.devices:
+        plan.use_fake_cpu_devices(args.devices)  # before JAX starts its backend
+    elif topology:
+        plan.parse_topology(topology)  # a bad name is an error before anything loads
+        if not os.environ.get("JAX_PLATFORMS"):  # compile-only devices: the host needs no accelerator, and a
+            os.environ["JAX_PLATFORMS"] = "cpu"  # plan never opens this machine's TPU (a run may be using it)
+    if args.max_batch and not topology:
+        raise ValueError("--max-batch needs a memory limit: plan on --topology (fake CPU devices have none)")
+    if args.hbm_gib is not None and not topology:
+        raise ValueError("--hbm-gib caps a TPU's HBM; it needs --topology")
+    if args.max_compiles < 1:
+        raise ValueError("--max-compiles must be at least 1")
+    plan.compiler_options(args.hbm_gib)  # checks the value
+    req = plan.Request(args.config, list(args.set), args.mesh, topology, args.devices, args.hbm_gib)
+    if args.variants:
+        model = cfg.get("model") or {}
+        if "remat" not in model or "attn_impl" not in model:
+            raise ValueError(f"--variants varies model.remat and model.attn_impl; {args.config} has no such keys")
+        impls = [s.strip() for s in args.variant_attn.split(",") if s.strip()]
+        rows = plan.plan_variants(req, impls, with_max_batch=args.max_batch, max_compiles=args.max_compiles)
+        if args.json:
+            print(json.dumps({"variants": rows}))
+        else:
+            print(f"{args.config} on {topology or f'{args.devices} fake CPU devices'}, mesh "
+                  f"{args.mesh or 'of the config'}, global batch {cfg.batch_size}")
+            print(plan.format_variants(rows, args.max_batch))
+        return
+    devices = plan.topology_devices(topology) if topology else None
+    p = plan.plan(cfg, devices, hbm_gib=args.hbm_gib)
+    search = plan.max_batch(req, p, args.max_compiles) if args.max_batch else None
+    if args.json:
+        print(json.dumps({"plan": p.to_dict(), "max_batch": search.to_dict() if search else None}))
+        return
+    print(plan.format_plan(p, cfg))
+    if search:
+        print(plan.format_search(search, p.batch_shards, p.accum_steps))
+    elif p.fits is False:
+        print("  (--max-batch finds the largest per-chip batch that fits, one compile per candidate)")
 
 
 def cmd_sample(args) -> None:
@@ -310,13 +351,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--process-id", type=int, default=None, help="or $ARJAX_PROCESS_ID")
     t.set_defaults(fn=cmd_train)
 
-    pl = sub.add_parser("plan", help="per-device memory and FLOPs of a config's train step on a mesh")
+    pl = sub.add_parser("plan", help="per-device memory and FLOPs of a config's train step on a mesh; on a TPU "
+                        "topology whether it fits the HBM, the largest per-chip batch that does, variants")
     pl.add_argument("--config", required=True, help="e.g. configs/imagenet.py:d16")
     pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     pl.add_argument("--mesh", default="", help="e.g. data=2,fsdp=8,tensor=1 (the config's mesh otherwise)")
     pl.add_argument("--devices", type=int, default=0, help="plan on this many fake CPU devices")
-    pl.add_argument("--topology", default="", help="a TPU topology for ahead-of-time compilation, e.g. "
-                    "v5e:4x4 (needs libtpu)")
+    pl.add_argument("--topology", default="", help="a TPU topology compiled ahead of time (needs libtpu): "
+                    "v5e:4x4, v4:2x2x4, v5p:2x2x4, v6e:2x4, or a slice name: v5e-16, v5litepod-16, v4-32 (v4 and "
+                    "v5p slice names count TensorCores, 2 per chip), v5p-32, v6e-8. Default: the config's "
+                    "plan.topology if it has one, else this process's devices")
+    pl.add_argument("--max-batch", action="store_true", help="also find the largest per-chip batch that fits "
+                    "(--topology only; each candidate compiles in a fresh process, a few compiles in all)")
+    pl.add_argument("--max-compiles", type=int, default=8, help="at most this many candidate compiles per "
+                    "--max-batch search (default 8)")
+    pl.add_argument("--variants", action="store_true", help="a table over model.remat off/on x attention "
+                    "implementations (--variant-attn), one fresh-process compile per row")
+    pl.add_argument("--variant-attn", default="xla,splash", help="attention implementations for --variants "
+                    "(default xla,splash)")
+    pl.add_argument("--hbm-gib", type=float, default=None, help="plan as if each chip let XLA use only this "
+                    "many GiB of HBM (headroom; --topology only)")
+    pl.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     pl.set_defaults(fn=cmd_plan)
 
     e = sub.add_parser("eval", help="evaluate: FID/sFID/IS/precision/recall (ADM), tokenizer reconstructions, "

@@ -13,6 +13,8 @@ The sequence is padded to the block size (128); padded keys get a level no real 
 queries see every key (so no row of the softmax is empty) and are dropped. The kernel takes
 (heads, L, D) per example and is vmapped over the batch; q is multiplied by `scale` first (splash has
 no scale argument). `interpret=True` runs it on any backend (CPU tests check it against float64).
+On TPU, bf16 inputs need the default matmul precision: Mosaic rejects bf16 matmuls at "highest"
+("Bad lhs type"), e.g. under a global jax_default_matmul_precision="highest".
 """
 from __future__ import annotations
 
