@@ -237,6 +237,15 @@ class _Static:
         return isinstance(other, _Static) and self._key == other._key
 
 
+def check_self_attention(kernel: str, q_len: int, k_len: int, mask: str, scale_lens) -> None:
+    """What both block-sparse kernels (this one and arjax.ops.splash) need, said in their callers' terms."""
+    if k_len != q_len:
+        raise ValueError(f"the {kernel} kernel does self-attention (as many keys as queries); got {q_len} "
+                         f"queries and {k_len} keys: use impl='xla' for KV-cached steps")
+    if mask in ("block_causal", "block_diagonal") and (scale_lens is None or sum(scale_lens) != q_len):
+        raise ValueError(f"mask={mask!r} needs scale_lens summing to the sequence length {q_len}; got {scale_lens}")
+
+
 def check_triton_shapes(head_dim: int, block_q: int, block_k: int) -> None:
     """Pallas's GPU (Triton) lowering loads only power-of-two tiles: say so here, naming the argument, rather
     than as a lowering error from inside Triton. (Head dims 8 to 64 and blocks 16 to 128 ran on an H100.)"""
@@ -250,11 +259,7 @@ def block_sparse_attention(q, k, v, *, scale_lens=None, mask: str = "block_causa
                            block_q: int = 64, block_k: int = 64, interpret: bool = False):
     """q, k, v: (B, L, H, D) self-attention under a scale-structured mask -> (B, L, H, D)."""
     b, length, h, d = q.shape
-    if k.shape[1] != length:
-        raise ValueError(f"the block-sparse kernel does self-attention (as many keys as queries); got "
-                         f"{length} queries and {k.shape[1]} keys: use impl='xla' for KV-cached steps")
-    if mask in ("block_causal", "block_diagonal") and (scale_lens is None or sum(scale_lens) != length):
-        raise ValueError(f"mask={mask!r} needs scale_lens summing to the sequence length {length}; got {scale_lens}")
+    check_self_attention("block-sparse", length, k.shape[1], mask, scale_lens)
     if not interpret and jax.default_backend() == "gpu":
         check_triton_shapes(d, block_q, block_k)
     scale = d ** -0.5 if scale is None else scale

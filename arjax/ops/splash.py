@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arjax.ops.block_sparse import token_levels
+from arjax.ops.block_sparse import check_self_attention, token_levels
 
 BLOCK = 128  # Mosaic's tile of rows; the sequence is padded to a multiple of it
 
@@ -72,11 +72,7 @@ def splash_attention(q, k, v, *, scale_lens=None, mask: str = "block_causal", sc
                      block: int = BLOCK, interpret: bool = False):
     """q, k, v: (B, L, H, D) self-attention under a scale-structured mask -> (B, L, H, D)."""
     b, length, h, d = q.shape
-    if k.shape[1] != length:
-        raise ValueError(f"the splash kernel does self-attention (as many keys as queries); got {length} "
-                         f"queries and {k.shape[1]} keys: use impl='xla' for KV-cached steps")
-    if mask in ("block_causal", "block_diagonal") and (scale_lens is None or sum(scale_lens) != length):
-        raise ValueError(f"mask={mask!r} needs scale_lens summing to the sequence length {length}; got {scale_lens}")
+    check_self_attention("splash", length, k.shape[1], mask, scale_lens)
     lens = None if scale_lens is None else tuple(int(n) for n in scale_lens)
     kernel = _kernel(mask, lens, length, h, block, bool(interpret))
     lp = -(-length // block) * block
