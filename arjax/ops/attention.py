@@ -147,6 +147,6 @@ def _dividing_axes(mesh, axes, size: int):
     """The mesh axes (of `axes`, larger than 1) that split a dimension of `size` evenly, or None. An
     indivisible dimension is kept whole on every device (gathered), which is correct but costs memory."""
     axes = tuple(a for a in axes if mesh.shape.get(a, 1) > 1)
-    while axes and size % int(np.prod([mesh.shape[a] for a in axes])):
+    while axes and size % parallel._axis_size(mesh, axes):
         axes = axes[:-1]
     return axes or None
