@@ -69,6 +69,7 @@ class FlexVAR(nnx.Module):
     block_cond = VAR.block_cond
     logits_from_hidden = VAR.logits_from_hidden
     run_blocks = VAR.run_blocks
+    forward = VAR.forward
 
     def schedule(self, patch_nums=None) -> tuple[int, ...]:
         pns = self.cfg.patch_nums if patch_nums is None else tuple(int(p) for p in patch_nums)
@@ -98,5 +99,5 @@ class FlexVAR(nnx.Module):
             raise ValueError(f"var_input has {var_input.shape[1]} tokens; schedule {pns} needs {sum(lens) - lens[0]}")
         cond = self.class_cond(labels)
         x = jnp.concatenate([self.sos(cond), self.word_embed(var_input)], axis=1) + self.positions(pns)
-        x, _ = self.run_blocks(x, cond, scale_lens=lens, mask="block_causal", impl=self.cfg.attn_impl)
+        x = self.forward(x, cond, scale_lens=lens, mask="block_causal", impl=self.cfg.attn_impl)
         return self.logits_from_hidden(x, cond)

@@ -19,7 +19,7 @@ from flax import nnx
 
 from arjax.nn.adaln import AdaLNBeforeHead, linear
 from arjax.nn.init import torch_trunc_normal
-from arjax.nn.models.var import VAR, VARConfig, block_stack, rescale_init
+from arjax.nn.models.var import VAR, VARConfig, block_stack, forward_blocks, rescale_init
 from arjax.ops import scales
 from arjax.parallel import constrain
 
@@ -64,17 +64,8 @@ class HMAR(VAR):
         return self.cfg.depth - self.cfg.mask_blocks
 
     def _run(self, blocks, x, cond, **attn_kw):
-        bcond = self.block_cond(cond)
-
-        def apply(blk, x, bcond):
-            return blk(x, bcond, **attn_kw)[0]
-
-        if self.cfg.remat:
-            apply = nnx.remat(apply)
-        x = x.astype(jnp.dtype(self.cfg.dtype))
-        for blk in blocks:
-            x = apply(blk, constrain(x, "batch", None, None), bcond)
-        return x
+        return forward_blocks(list(blocks), x.astype(jnp.dtype(self.cfg.dtype)), self.block_cond(cond),
+                              remat=self.cfg.remat, scan=self.cfg.scan_layers, **attn_kw)
 
     def trunk(self, x, cond, **attn_kw):
         """The shared blocks, computed once for both branches."""
