@@ -223,9 +223,11 @@ class Pipeline:
         """Zero-shot inpainting / outpainting / class-conditional editing.
 
         images (B, H, W, 3) in [-1, 1]; mask (H, W) or (B, H, W), True where the image is regenerated.
-        The known region's tokens are teacher-forced at every scale (a token is known when its cell
-        holds no masked pixel), the rest is sampled conditioned on `label` (one class, or one per
-        image). Returns the edited images in [0, 1] (and their tokens with return_tokens).
+        The known tokens are teacher-forced at every scale, by the official VAR demo's rule
+        (`arjax.sample.edit.known_tokens`: the finest tokens holding no masked pixel are kept, each
+        scale takes that keep grid bilinearly resized and > 0.5, the 1 x 1 scale always); the rest is
+        sampled conditioned on `label` (one class, or one per image). Returns the edited images in
+        [0, 1] (and their tokens with return_tokens).
         """
         x = _check_images(images, self.tokenizer.cfg.image_size)
         opts = dict(self._sampler_options(options))

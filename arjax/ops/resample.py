@@ -76,3 +76,61 @@ def resize_bicubic(x: jax.Array, size: int | tuple[int, int]) -> jax.Array:
     if (oh, ow) == (h, w):
         return x
     return _apply(x, bicubic_matrix(h, oh), bicubic_matrix(w, ow))
+
+
+@functools.lru_cache(maxsize=None)
+def bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """PyTorch's two linear taps per output index for `F.interpolate(mode="bilinear",
+    align_corners=False)` without antialiasing: (i0, i1) int64 and their weights (w0, w1) float32, each
+    (n_out,), computed in float32 in PyTorch's CPU order so that thresholds on the result round alike.
+
+    scale = n_in / n_out; source x = scale * (i + 0.5) - 0.5, clamped at 0 (not at the top); i0 =
+    min(floor(x), n_in - 1), i1 = min(i0 + 1, n_in - 1); w1 = clip(x - i0, 0, 1), w0 = 1 - w1. Equal sizes
+    copy (w0 = 1). Downsampling takes the same two taps (no area averaging)."""
+    f32 = np.float32
+    i = np.arange(n_out)
+    if n_in == n_out:
+        return i, i, np.ones(n_out, f32), np.zeros(n_out, f32)
+    scale = f32(n_in) / f32(n_out)
+    src = np.maximum(scale * (i.astype(f32) + f32(0.5)) - f32(0.5), f32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    w1 = np.clip(src - i0.astype(f32), f32(0), f32(1)).astype(f32)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (f32(1) - w1).astype(f32), w1
+
+
+@functools.lru_cache(maxsize=None)
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of PyTorch bilinear, align_corners=False (see `bilinear_taps`)."""
+    i0, i1, w0, w1 = bilinear_taps(n_in, n_out)
+    m = np.zeros((n_out, n_in), np.float64)
+    np.add.at(m, (np.arange(n_out), i0), w0.astype(np.float64))
+    np.add.at(m, (np.arange(n_out), i1), w1.astype(np.float64))
+    return m
+
+
+def resize_bilinear(x: jax.Array, size: int | tuple[int, int]) -> jax.Array:
+    """NHWC bilinear resize, `F.interpolate(..., mode="bilinear", align_corners=False)` (no antialias),
+    up to float rounding order (`bilinear_resize_np` reproduces PyTorch's CPU rounding)."""
+    oh, ow = (size, size) if isinstance(size, int) else size
+    h, w = x.shape[-3], x.shape[-2]
+    if (oh, ow) == (h, w):
+        return x
+    return _apply(x, bilinear_matrix(h, oh), bilinear_matrix(w, ow))
+
+
+def bilinear_resize_np(x: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Host float32 bilinear resize of (..., H, W) maps, rounded as PyTorch's CPU kernel rounds for a
+    single-channel float32 input (`F.interpolate(x[:, None], size, mode="bilinear",
+    align_corners=False)`): per output pixel, w00 = wh0 * ww0 etc. in float32, then
+    x00 * w00 + x01 * w01 + x10 * w10 + x11 * w11 summed left to right in float32. This matters only
+    for thresholds on exact ties (editing masks compare with 0.5)."""
+    oh, ow = (size, size) if isinstance(size, int) else size
+    x = np.asarray(x, np.float32)
+    h0, h1, a0, a1 = bilinear_taps(x.shape[-2], oh)
+    v0, v1, b0, b1 = bilinear_taps(x.shape[-1], ow)
+    a0, a1 = a0[:, None], a1[:, None]
+    out = (x[..., h0[:, None], v0[None]] * (a0 * b0[None]) + x[..., h0[:, None], v1[None]] * (a0 * b1[None]))
+    out = out + x[..., h1[:, None], v0[None]] * (a1 * b0[None])
+    out = out + x[..., h1[:, None], v1[None]] * (a1 * b1[None])
+    return out.astype(np.float32)
