@@ -36,7 +36,13 @@ def torch_trunc_normal(std: float, bound: float = 2.0):
 def create(module_cls, cfg, seed: int = 0):
     """Instantiate `module_cls(cfg, rngs=...)` with its initialisers run under one `jax.jit`
     (one compilation instead of one per eager op). The init graph runs once, so on CPU it is
-    compiled without backend optimisation: 5x faster to build, same values."""
+    compiled without backend optimisation: 5x faster to build, same values.
+
+    Called inside a trace (the trainer's `jit(init_state, out_shardings=...)`, `eval_shape` when planning)
+    the constructor is traced into the enclosing program instead: compiling and running it here would
+    materialise every parameter on one host device (d36: ~9 GB) and bake them in as constants."""
+    if isinstance(jnp.zeros(()), jax.core.Tracer):  # every op is staged while tracing
+        return module_cls(cfg, rngs=nnx.Rngs(seed))
     graphdef, _ = nnx.split(abstract_module(module_cls, cfg))
     lowered = jax.jit(lambda: nnx.state(module_cls(cfg, rngs=nnx.Rngs(seed)))).lower()
     opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
