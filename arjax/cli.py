@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 
-def _int_list(text: str) -> list[int] | None:
+def int_list(text: str) -> list[int] | None:
     if text.strip() == "all":
         return None
     try:
@@ -18,53 +18,49 @@ def _int_list(text: str) -> list[int] | None:
 
 
 def sampler_options(args) -> dict:
-    """The family-specific sampling flags that were given (the pipeline checks they apply)."""
-    opts = {"steps": getattr(args, "steps", None), "patch_nums": getattr(args, "patch_nums", None),
-            "cfg_style": getattr(args, "cfg_style", None)}
-    return {k: v for k, v in opts.items() if v is not None}
+    """The member-specific sampling flags that were given (the pipeline checks they apply)."""
+    from arjax.members.base import option_fields
+    return {k: getattr(args, k) for k in option_fields() if getattr(args, k, None) is not None}
 
 
 def add_sampler_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=_int_list, default=None,
-                   help="HMAR: masked steps per scale, e.g. 1,1,1,2,2,4 (default one per scale)")
-    p.add_argument("--patch-nums", type=_int_list, default=None,
-                   help="FlexVAR: any scale schedule, e.g. 1,2,4,8,12; the image side is the last scale's side "
-                        "times the tokenizer's downsampling")
-    p.add_argument("--cfg-style", choices=("var", "llamagen"), default=None,
-                   help="FlexVAR: VAR's ramped guidance or LlamaGen's constant one")
+    """One flag per sampler option of any member (`arjax.members`), from its field: type, help, choices."""
+    from arjax.members.base import option_fields
+    for name, f in option_fields().items():
+        flag = "--" + name.replace("_", "-")
+        if f.metadata.get("ints"):
+            p.add_argument(flag, type=int_list, default=None, help=f.metadata["help"])
+        elif f.type in ("bool", bool):
+            p.add_argument(flag, action="store_const", const=True, default=None, help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            p.add_argument(flag, type=kind, default=None, choices=f.metadata.get("choices"), help=f.metadata["help"])
 
 
 def cmd_convert(args) -> None:
-    from arjax.convert.var import convert_var
-    t0 = time.time()
-    print(f"converting VAR: tokenizer {args.vae}, transformer {args.var}")
-    out = convert_var(args.vae, args.var, args.out, patch_nums=args.patch_nums, quant_resi=args.quant_resi)
+    import importlib
+
+    from arjax import members
     from arjax.train.checkpoint import read_meta
-    m = read_meta(out)["model"]
-    print(f"wrote {out} in {time.time() - t0:.1f}s: depth {m['depth']}, width {m['embed_dim']}, "
-          f"heads {m['num_heads']}, schedule {tuple(m['patch_nums'])}, shared AdaLN {m['shared_aln']}")
-
-
-def cmd_convert_flexvar(args) -> None:
-    from arjax.convert.flexvar import convert_flexvar
     t0 = time.time()
-    print(f"converting FlexVAR: tokenizer {args.vae}, transformer {args.var}")
-    out = convert_flexvar(args.vae, args.var, args.out)
-    print(f"wrote {out} in {time.time() - t0:.1f}s")
+    print(f"converting {args.member} ...")
+    out = importlib.import_module(members.member(args.member).converter).run(args)
+    m = read_meta(out)
+    print(f"wrote {out} in {time.time() - t0:.1f}s: {m['family']}, model {m['model']}")
 
 
 def cmd_init(args) -> None:
     import arjax
+    from arjax import members
     from arjax.config import load_config
     cfg = load_config(args.config, args.set)
-    meta = {"family": cfg.family, "tokenizer": cfg.tokenizer.to_dict(), "model": cfg.model.to_dict(),
-            "source": {"init": args.config, "seed": args.seed}}
+    meta = members.model_meta(cfg.family, cfg.tokenizer.to_dict(), cfg.model.to_dict(),
+                              source={"init": args.config, "seed": args.seed})
     out = arjax.save(arjax.build(meta, seed=args.seed), args.out)
     print(f"wrote a freshly initialised (untrained) model to {out}")
 
 
-def sample_grid(checkpoint, classes, per_class, out, *, cfg, top_k, top_p, seed, more_smooth=False,
-                batch_size=16, **options) -> Path:
+def sample_grid(checkpoint, classes, per_class, out, *, cfg, top_k, top_p, seed, batch_size=16, **options) -> Path:
     """Sample `per_class` images of each class and write a labelled PNG grid, with console progress.
     `checkpoint` is a model directory or a loaded `arjax.Pipeline`."""
     import jax
@@ -77,7 +73,7 @@ def sample_grid(checkpoint, classes, per_class, out, *, cfg, top_k, top_p, seed,
     t0 = time.time()
     pipe = checkpoint if isinstance(checkpoint, arjax.Pipeline) else arjax.load(checkpoint)
     print(f"model loaded ({time.time() - t0:.1f}s) on {jax.devices()[0].platform}: "
-          f"{pipe.tokenizer.cfg.image_size}px, {len(pipe.cfg.patch_nums)} scales")
+          f"{pipe.member.name}, {pipe.tokenizer.cfg.image_size}px, {pipe.tokenizer.seq_len()} tokens")
     labels = np.repeat(np.asarray(classes, np.int64), per_class)
     top_k = min(top_k, pipe.cfg.vocab_size)
     images = []
@@ -85,7 +81,7 @@ def sample_grid(checkpoint, classes, per_class, out, *, cfg, top_k, top_p, seed,
     with tqdm(total=len(labels), desc="sampling", unit="img") as bar:
         for s in range(0, len(labels), batch_size):
             chunk = pipe.sample(labels[s:s + batch_size], cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
-                                more_smooth=more_smooth, first_index=s, **options)
+                                first_index=s, **options)
             images.append(np.asarray(chunk))
             bar.update(len(chunk))
     path = save_grid(out, np.concatenate(images), labels, per_row=per_class, class_names=pipe.class_names)
@@ -190,7 +186,7 @@ def cmd_sample(args) -> None:
     if args.classes is None:
         raise ValueError("--classes all is for --npz evaluation sets; a grid needs a short list, e.g. 207,360,387")
     sample_grid(args.checkpoint, args.classes, args.per_class, args.out, cfg=args.cfg, top_k=args.top_k,
-                top_p=args.top_p, seed=args.seed, more_smooth=args.more_smooth, batch_size=args.batch_size,
+                top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
                 **sampler_options(args))
 
 
@@ -235,15 +231,15 @@ def cmd_quickstart(args) -> None:
     print("== arjax quickstart: built-in dataset (10 shape x colour classes), CPU-sized ==")
     print("[1/4] tokenizer")
     _train_stage(f"{args.config}:tokenizer", out / "tokenizer", args.set_tokenizer)
-    print("[2/4] VAR")
-    var_sets = [f"tokenizer_dir={out / 'tokenizer' / 'model'}", *args.set_var]
-    var = _train_stage(f"{args.config}:var", out / "var", var_sets)
-    print("[3/4] samples")
-    model_dir = var["model_dir"]
-    import arjax
-    pipe = arjax.load(model_dir)
     from arjax.config import load_config
-    s = load_config(f"{args.config}:var", var_sets).sample  # the stage's own sampling settings
+    var_sets = [f"tokenizer_dir={out / 'tokenizer' / 'model'}", *args.set_var]
+    gen_cfg = load_config(f"{args.config}:var", var_sets)  # the generator stage; its task names the member
+    print(f"[2/4] {gen_cfg.task}")
+    gen = _train_stage(f"{args.config}:var", out / gen_cfg.task, var_sets)
+    print("[3/4] samples")
+    import arjax
+    pipe = arjax.load(gen["model_dir"])
+    s = gen_cfg.sample  # the stage's own sampling settings
     grid = sample_grid(pipe, list(range(pipe.cfg.num_classes)), 8, out / "samples.png", cfg=s.cfg, top_k=s.top_k,
                        top_p=s.top_p, seed=0, batch_size=80)
     print("[4/4] evaluation")
@@ -254,7 +250,7 @@ def cmd_quickstart(args) -> None:
     (out / "eval.json").write_text(json.dumps(report, indent=1, default=str))
     print(f"\nquickstart done in {time.time() - t0:.0f}s")
     print(f"  samples grid   {grid}")
-    print(f"  model          {model_dir}  (arjax.load it, or `arjax sample --checkpoint ...`)")
+    print(f"  model          {gen['model_dir']}  (arjax.load it, or `arjax sample --checkpoint ...`)")
     print(f"  tensorboard    tensorboard --logdir {out}")
 
 
@@ -284,25 +280,23 @@ def cmd_eval(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    from arjax import members
     from arjax.eval.fid.commands import add_eval_fid_parser, add_eval_recon_parser, add_eval_ref_parser
     p = argparse.ArgumentParser(prog="arjax", description="Autoregressive image generation in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="convert released PyTorch checkpoints")
-    csub = c.add_subparsers(dest="family", required=True)
-    cv = csub.add_parser("var", help="VAR: vae_ch160v4096z32.pth + var_dNN.pth")
-    cv.add_argument("--vae", required=True, help="tokenizer checkpoint (.pth or .safetensors)")
-    cv.add_argument("--var", required=True, help="transformer checkpoint (.pth or .safetensors)")
-    cv.add_argument("--out", required=True, help="output model directory (must not exist or be empty)")
-    cv.add_argument("--patch-nums", type=_int_list, default=None,
-                    help="scale schedule; inferred from the checkpoint when omitted")
-    cv.add_argument("--quant-resi", type=float, default=0.5, help="phi residual ratio (VAR: 0.5)")
-    cv.set_defaults(fn=cmd_convert)
-    cf = csub.add_parser("flexvar", help="FlexVAR: FlexVAE.pth + FlexVAR transformer checkpoint")
-    cf.add_argument("--vae", required=True, help="tokenizer checkpoint (.pth or .safetensors)")
-    cf.add_argument("--var", required=True, help="transformer checkpoint (.pth or .safetensors)")
-    cf.add_argument("--out", required=True, help="output model directory (must not exist or be empty)")
-    cf.set_defaults(fn=cmd_convert_flexvar)
+    csub = c.add_subparsers(dest="member", required=True)
+    for name in members.MEMBERS:  # each member with a converter registers its own subcommand
+        if not members.member(name).converter:
+            continue
+        conv = importlib.import_module(members.member(name).converter)
+        cp = csub.add_parser(name, help=conv.HELP)
+        conv.add_arguments(cp)
+        cp.add_argument("--out", required=True, help="output model directory (must not exist or be empty)")
+        cp.set_defaults(fn=cmd_convert)
 
     i = sub.add_parser("init", help="write a freshly initialised model from a config")
     i.add_argument("--config", required=True, help="e.g. configs/var.py:tiny")
@@ -313,13 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample a labelled PNG grid")
     s.add_argument("--checkpoint", required=True, help="model directory")
-    s.add_argument("--classes", type=_int_list, required=True, help="e.g. 207,360,387, or all (with --npz)")
+    s.add_argument("--classes", type=int_list, required=True, help="e.g. 207,360,387, or all (with --npz)")
     s.add_argument("--per-class", type=int, default=4)
     s.add_argument("--cfg", type=float, default=1.5)
     s.add_argument("--top-k", type=int, default=900)
     s.add_argument("--top-p", type=float, default=0.96)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--more-smooth", action="store_true", help="Gumbel soft tokens (visual, not for FID)")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--out", default="samples.png")
     s.add_argument("--npz", default="", help="write every sample to this .npz (arr_0 uint8, class-major; "

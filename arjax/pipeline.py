@@ -6,7 +6,6 @@ traceback.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import jax
@@ -14,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from arjax import family
+from arjax import members
 from arjax.nn.init import abstract_module, create
+from arjax.ops.scales import check_schedule
 from arjax.sample import edit as editing
 from arjax.train import checkpoint
 
@@ -115,31 +115,24 @@ class Tokenizer:
             return self._var_input(self.state, t, pns)
 
 
-def check_schedule(patch_nums) -> tuple[int, ...]:
-    pns = tuple(int(p) for p in patch_nums)
-    if not pns or pns[0] != 1 or any(p <= 0 for p in pns) or list(pns) != sorted(set(pns)):
-        raise ValueError(f"patch_nums must be increasing positive sides starting at 1, e.g. (1, 2, 3, 4, 6, 8); "
-                         f"got {tuple(patch_nums)}")
-    return pns
-
-
 class Pipeline:
-    """A tokenizer and a next-scale transformer of one family member, loaded from one model directory."""
+    """A tokenizer and a generator of one member (`arjax.members`), loaded from one model directory;
+    `meta` is its arjax.json description, which names the member."""
 
-    def __init__(self, tokenizer, model, meta: dict | None = None, precision: str = "highest"):
-        self.meta = meta or {}
-        self.member = family.member(self.meta.get("family", "var"))
+    def __init__(self, tokenizer, model, meta: dict, precision: str = "highest"):
+        self.meta = meta
+        self.member = members.member_of(meta)
         self.tokenizer = Tokenizer(tokenizer, precision, any_schedule=self.member.any_schedule)
         self.cfg = model.cfg
         self.precision = precision
         self.graphdef, self.state = nnx.split(model)
         gd, tgd, member = self.graphdef, self.tokenizer.graphdef, self.member
-        kw = (lambda pns: {"patch_nums": pns}) if member.any_schedule else (lambda pns: {})
-        self._logits = jax.jit(lambda st, y, x, pns: nnx.merge(gd, st)(y, x, **kw(pns)), static_argnums=3)
+        self._logits = jax.jit(lambda tst, st, y, t, pns: member.teacher_logits(
+            nnx.merge(tgd, tst), nnx.merge(gd, st), y, t, pns), static_argnums=4)
 
         def sample(tst, st, labels, keys, cfg, forced_tokens, forced_mask, *, top_k, top_p, options):
             out = member.sample(nnx.merge(tgd, tst), nnx.merge(gd, st), labels, keys, cfg=cfg, top_k=top_k,
-                                top_p=top_p, forced_tokens=forced_tokens, forced_mask=forced_mask, **dict(options))
+                                top_p=top_p, forced_tokens=forced_tokens, forced_mask=forced_mask, **options.kwargs())
             return out[0], out[1]
 
         self._sample = jax.jit(sample, static_argnames=("top_k", "top_p", "options"))
@@ -165,30 +158,9 @@ class Pipeline:
                  for a in batch]
         return (*batch, *self._replicated)
 
-    def _sampler_options(self, options: dict) -> tuple:
-        """Family-specific sampler keywords, checked here so a wrong one names itself."""
-        unknown = sorted(set(options) - set(self.member.options))
-        if unknown:
-            raise ValueError(f"sampling option(s) {unknown} do not apply to {self.member.name}; it takes "
-                             f"{list(self.member.options) or 'none'}")
-        opts = dict(options)
-        if opts.get("patch_nums") is not None:
-            opts["patch_nums"] = check_schedule(opts["patch_nums"])
-        if opts.get("steps") is not None:
-            opts["steps"] = self._check_steps(opts["steps"])
-        if "cfg_style" in opts and opts["cfg_style"] not in ("var", "llamagen"):
-            raise ValueError(f"cfg_style must be 'var' or 'llamagen'; got {opts['cfg_style']!r}")
-        if "more_smooth" in opts:
-            opts["more_smooth"] = bool(opts["more_smooth"])
-        return tuple(sorted((k, v) for k, v in opts.items() if v is not None))
-
-    def _check_steps(self, steps) -> tuple[int, ...]:
-        steps = tuple(int(s) for s in steps)
-        pns = self.cfg.patch_nums
-        if len(steps) != len(pns) or any(s < 1 or s > pn * pn for s, pn in zip(steps, pns)):
-            raise ValueError(f"steps must give 1..pn^2 masked steps for each of the {len(pns)} scales {tuple(pns)}; "
-                             f"got {steps}")
-        return steps
+    def _sampler_options(self, options: dict):
+        """The member's options dataclass, validated once (a wrong one names itself)."""
+        return self.member.options_cls.parse(options, self.cfg, self.member.name)
 
     def schedule(self, patch_nums=None) -> tuple[int, ...]:
         return self.tokenizer.schedule(patch_nums)
@@ -196,24 +168,22 @@ class Pipeline:
     def logits(self, idx, labels, patch_nums=None) -> jax.Array:
         """Teacher-forced logits (B, L, V) float32 for tokens (B, L) and labels (B,)."""
         y = _check_labels(labels, self.cfg.num_classes)
-        x = self.tokenizer.var_input(idx, patch_nums)
-        if y.shape[0] != x.shape[0]:
-            raise ValueError(f"got {y.shape[0]} labels for {x.shape[0]} token sequences")
+        pns = self.schedule(patch_nums)
+        t = _check_tokens(idx, self.tokenizer.seq_len(pns), self.cfg.vocab_size)
+        if y.shape[0] != t.shape[0]:
+            raise ValueError(f"got {y.shape[0]} labels for {t.shape[0]} token sequences")
         with jax.default_matmul_precision(self.precision):
-            return self._logits(self.state, y, x, self.schedule(patch_nums))
+            return self._logits(self.tokenizer.state, self.state, y, t, pns)
 
     def sample(self, labels, *, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96, seed: int = 0,
-               more_smooth: bool = False, return_tokens: bool = False, batch_size: int | None = None,
-               first_index: int = 0, **options):
+               return_tokens: bool = False, batch_size: int | None = None, first_index: int = 0, **options):
         """Class-conditional samples (B, H, W, 3) float32 in [0, 1] (and tokens (B, L) with return_tokens).
 
         Sample i draws from `fold_in(key(seed), first_index + i)`, so results depend neither on
         `batch_size` nor on how a large request is split across calls (pass each call's offset).
-        Family options: `steps` (HMAR: masked steps per scale), `patch_nums` and `cfg_style` (FlexVAR:
-        any schedule / resolution, "var" or "llamagen" guidance), `more_smooth` (VAR).
+        `options`: the member's sampler options (`pipe.member.options_cls`, e.g. VAR's `more_smooth`,
+        HMAR's `steps`, FlexVAR's `patch_nums` and `cfg_style`, LlamaGen's `cfg_interval` and `temperature`).
         """
-        if more_smooth:
-            options["more_smooth"] = True
         return self._generate(labels, None, None, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
                               return_tokens=return_tokens, batch_size=batch_size, first_index=first_index,
                               **options)
@@ -230,14 +200,14 @@ class Pipeline:
         [0, 1] (and their tokens with return_tokens).
         """
         x = _check_images(images, self.tokenizer.cfg.image_size)
-        opts = dict(self._sampler_options(options))
-        pns = self.schedule(opts.get("patch_nums"))
+        opts = self._sampler_options(options)
+        pns = self.schedule(opts.patch_nums)
         known = editing.known_tokens(editing.check_mask(mask, x.shape[:3]), pns)
         labels = _check_labels(label, self.cfg.num_classes)
         if len(labels) not in (1, len(x)):
             raise ValueError(f"give one label, or one per image ({len(x)}); got {len(labels)}")
         labels = np.broadcast_to(labels, (len(x),))
-        tokens = np.asarray(self.tokenizer.encode(x, opts.get("patch_nums")))
+        tokens = np.asarray(self.tokenizer.encode(x, opts.patch_nums))
         return self.complete(tokens, known, labels, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
                              return_tokens=return_tokens, batch_size=batch_size, **options)
 
@@ -246,8 +216,7 @@ class Pipeline:
         """Sample the unknown tokens of token sequences (B, L): where `known` (B, L) is True the token is
         kept (teacher-forced, and the next scales are conditioned on it), elsewhere it is sampled
         conditioned on `labels` (B,), as `sample` would. Returns images in [0, 1] (and the tokens)."""
-        opts = dict(self._sampler_options(options))
-        seq_len = self.tokenizer.seq_len(opts.get("patch_nums"))
+        seq_len = self.tokenizer.seq_len(self._sampler_options(options).patch_nums)
         t = _check_tokens(tokens, seq_len, self.cfg.vocab_size)
         known = np.asarray(known)
         if known.shape != t.shape or known.dtype != bool:
@@ -288,19 +257,18 @@ class Pipeline:
 
 def build(meta: dict, seed: int = 0, precision: str = "highest") -> Pipeline:
     """A freshly initialised pipeline from a model description (the `arjax.json` contents)."""
-    member = _member(meta)
-    return Pipeline(create(member.tok.cls, member.tok.config_cls(**meta["tokenizer"]), seed),
+    member, tok = members.member_of(meta), members.tokenizer_of(meta)
+    return Pipeline(create(tok.cls, tok.config_cls(**meta["tokenizer"]), seed),
                     create(member.cls, member.config_cls(**meta["model"]), seed + 1), meta, precision)
 
 
 def load_tokenizer(directory, precision: str = "highest") -> Tokenizer:
     """Load only the tokenizer of a model directory (a trained tokenizer's or a full model's)."""
     meta = checkpoint.read_meta(directory)
-    name = meta.get("family")
-    tok_family = family.tokenizer(name) if name in family.TOKENIZERS else _member(meta).tok
-    tok = abstract_module(tok_family.cls, tok_family.config_cls(**meta["tokenizer"]))
+    kind = members.tokenizer_of(meta)
+    tok = abstract_module(kind.cls, kind.config_cls(**meta["tokenizer"]))
     _restore(directory, {"tokenizer": tok}, partial=True)  # a full model's directory holds "model" too
-    return Tokenizer(tok, precision, any_schedule=tok_family.name == "flexvq")
+    return Tokenizer(tok, precision, any_schedule=kind.any_schedule)
 
 
 def load(directory, precision: str = "highest") -> Pipeline:
@@ -308,11 +276,11 @@ def load(directory, precision: str = "highest") -> Pipeline:
     meta = checkpoint.read_meta(directory)
     if not (Path(directory) / checkpoint.PARAMS_DIR).is_dir():
         raise FileNotFoundError(f"{Path(directory) / checkpoint.PARAMS_DIR} is missing: the model directory is incomplete")
-    if meta.get("family") in family.TOKENIZERS:
+    if "model" not in meta:
         raise ValueError(f"{directory} holds a tokenizer only; use arjax.load_tokenizer, or train a "
-                         f"generator on it (configs/quickstart.py:var)")
-    member = _member(meta)
-    tok = abstract_module(member.tok.cls, member.tok.config_cls(**meta["tokenizer"]))
+                         f"generator on it (e.g. configs/quickstart.py:var)")
+    member, kind = members.member_of(meta), members.tokenizer_of(meta)
+    tok = abstract_module(kind.cls, kind.config_cls(**meta["tokenizer"]))
     model = abstract_module(member.cls, member.config_cls(**meta["model"]))
     _restore(directory, {"tokenizer": tok, "model": model})
     return Pipeline(tok, model, meta, precision)
@@ -320,8 +288,7 @@ def load(directory, precision: str = "highest") -> Pipeline:
 
 def save(pipe: Pipeline, directory, **extra_meta) -> Path:
     """Write a pipeline's parameters and description as a model directory."""
-    meta = {"family": pipe.member.name, "tokenizer": dataclasses.asdict(pipe.tokenizer.cfg),
-            "model": dataclasses.asdict(pipe.cfg), **pipe.meta, **extra_meta}
+    meta = {**members.model_meta(pipe.member.name, pipe.tokenizer.cfg, pipe.cfg), **pipe.meta, **extra_meta}
     params = {"tokenizer": nnx.to_pure_dict(nnx.state(pipe.tokenizer.module, nnx.Param)),
               "model": nnx.to_pure_dict(nnx.state(nnx.merge(pipe.graphdef, pipe.state), nnx.Param))}
     return checkpoint.save_model(directory, meta, params)
@@ -335,10 +302,3 @@ def _restore(directory, modules: dict, partial: bool = False) -> None:
         state = nnx.state(m, nnx.Param)
         nnx.replace_by_pure_dict(state, params[k])
         nnx.update(m, state)
-
-
-def _member(meta: dict) -> family.Member:
-    try:
-        return family.member(meta.get("family"))
-    except ValueError as e:
-        raise ValueError(f"arjax.json: {e}") from None

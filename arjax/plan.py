@@ -307,7 +307,8 @@ def plan(cfg, devices=None, *, hbm_gib: float | None = None, keep_compiled: bool
     import numpy as np
 
     from arjax import parallel
-    from arjax.train.tasks import GENERATOR_TASKS, TASKS
+    from arjax import members
+    from arjax.train.generator_tasks import GeneratorTask
     from arjax.train.trainer import build_optimizer, make_train_step, state_initializer
 
     mesh = plan_mesh(cfg.mesh.to_dict(), devices)
@@ -315,7 +316,8 @@ def plan(cfg, devices=None, *, hbm_gib: float | None = None, keep_compiled: bool
     if cfg.batch_size % shards:
         raise ValueError(f"global batch {cfg.batch_size} is not divisible by the {shards} batch shards "
                          f"(data x fsdp of mesh {dict(mesh.shape)})")
-    task = _abstract_task(cfg) if cfg.task in GENERATOR_TASKS else TASKS[cfg.task](cfg)
+    task_cls = members.task_class(cfg.task)
+    task = _abstract_task(cfg, task_cls) if issubclass(task_cls, GeneratorTask) else task_cls(cfg)
     tx, _ = build_optimizer(cfg)
     state = parallel.sharded_abstract(state_initializer(task, tx, cfg), mesh)
     state_sh = parallel.shardings_of(state)
@@ -420,16 +422,15 @@ def plan_mesh(axes, devices=None):
                                  axis_types=auto)
 
 
-def _abstract_task(cfg):
+def _abstract_task(cfg, task_cls):
     """A generator task on the trained tokenizer if it exists, else on the layout the config plans with
-    (`plan.tokenizer`), else on its family's default layout (for VAR the released vae_ch160v4096z32,
+    (`plan.tokenizer`), else on its member's default tokenizer layout (for VAR the released vae_ch160v4096z32,
     256 px); shapes only: planning reads no weights."""
     from pathlib import Path
 
     from arjax.train.checkpoint import META_FILE, read_meta
-    from arjax.train.tasks import GENERATOR_TASKS
-    task_cls = GENERATOR_TASKS[cfg.task]
-    tok_cfg_cls = task_cls.member_info().tok.config_cls
+    from arjax import members
+    tok_cfg_cls = members.tokenizer_kind(task_cls.member_info().tokenizer).config_cls
     if (Path(cfg.tokenizer_dir) / META_FILE).is_file():
         tok = tok_cfg_cls(**read_meta(cfg.tokenizer_dir)["tokenizer"])
     elif cfg.get("plan") and cfg.plan.get("tokenizer"):

@@ -7,6 +7,8 @@ differs. VAR and HMAR train on the quickstart's residual tokenizer, FlexVAR on i
     arjax train --config configs/family.py:var     --workdir runs/family/var     --set tokenizer_dir=runs/family/tokenizer/model
     arjax train --config configs/family.py:hmar    --workdir runs/family/hmar    --set tokenizer_dir=runs/family/tokenizer/model
     arjax train --config configs/family.py:flexvar --workdir runs/family/flexvar --set tokenizer_dir=runs/family/flex_tokenizer/model
+    arjax train --config configs/family.py:vq_tokenizer --workdir runs/family/vq_tokenizer
+    arjax train --config configs/family.py:llamagen --workdir runs/family/llamagen --set tokenizer_dir=runs/family/vq_tokenizer/model
 
 then e.g. `arjax sample --checkpoint runs/family/hmar/model --classes 0,1,2 --steps 1,1,1,2,4,8` (HMAR's
 masked steps per scale) or `arjax sample --checkpoint runs/family/flexvar/model --classes 0,1,2
@@ -35,11 +37,21 @@ def flex_tokenizer() -> ml_collections.ConfigDict:
     return c
 
 
+def vq_tokenizer() -> ml_collections.ConfigDict:
+    """LlamaGen's VQ tokenizer at the same size: FlexVAR's with one scale, the latent grid itself."""
+    c = flex_tokenizer()
+    c.tokenizer.patch_nums = (c.tokenizer.patch_nums[-1],)
+    c.loss.scale_recon = 0.0  # no smaller scales
+    return c
+
+
 def get_config(arg: str = "var") -> ml_collections.ConfigDict:
     if arg == "tokenizer":
         return quickstart.get_config("tokenizer")
     if arg == "flex_tokenizer":
         return flex_tokenizer()
+    if arg == "vq_tokenizer":
+        return vq_tokenizer()
     c = quickstart.get_config("var")
     c.steps = 3000  # the comparison budget (the quickstart trains its VAR for 7200)
     c.checkpoint.every, c.sample_every = 500, 1000
@@ -65,4 +77,15 @@ def get_config(arg: str = "var") -> ml_collections.ConfigDict:
         c.flex = ml_collections.ConfigDict(dict(num_schedules=4, min_scales=4))
         c.sample.cfg_style = "var"
         return c
-    raise ValueError(f"unknown family stage {arg!r}: use tokenizer, flex_tokenizer, var, hmar or flexvar")
+    if arg == "llamagen":
+        c.task = "llamagen"
+        c.tokenizer_dir = "runs/family/vq_tokenizer/model"
+        m = c.model  # the same width, depth and heads as the next-scale members
+        c.model = ml_collections.ConfigDict(dict(
+            dim=m.embed_dim, n_layer=m.depth, n_head=m.num_heads, n_kv_head=None, multiple_of=32,
+            ffn_dim_multiplier=None, rope_base=10000.0, norm_eps=1e-5, num_classes=m.num_classes, cls_token_num=1,
+            class_dropout_prob=c.loss.class_dropout, attn_impl="auto", dtype="float32", remat=False))
+        c.sample.update(cfg_interval=-1, temperature=1.0)
+        return c
+    raise ValueError(f"unknown family stage {arg!r}: use tokenizer, flex_tokenizer, vq_tokenizer, var, hmar, "
+                     f"flexvar or llamagen")

@@ -11,7 +11,8 @@ import pytest
 
 import arjax
 from arjax.config import load_config
-from arjax.train.generator_tasks import GENERATOR_TASKS, train_schedules
+from arjax import members
+from arjax.train.generator_tasks import train_schedules
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILY = str(REPO / "configs" / "family.py")
@@ -57,12 +58,12 @@ def test_family_configs_apply_to_their_members(stage):
     """Every model key of each member's config is one its model takes (the task would name a stray one)."""
     from arjax.plan import _abstract_task
     cfg = load_config(f"{FAMILY}:{stage}", ["tokenizer_dir=/nonexistent"])
-    task = _abstract_task(cfg)
-    assert task.member.name == stage and isinstance(task, GENERATOR_TASKS[stage])
+    task = _abstract_task(cfg, members.task_class(cfg.task))
+    assert task.member.name == stage and isinstance(task, members.member(stage).task_cls)
     bad = load_config(f"{FAMILY}:var", ["tokenizer_dir=/nonexistent"])
     bad.model.pos_grid = 8  # a FlexVAR key in a VAR config
     with pytest.raises(ValueError, match="model.pos_grid"):
-        _abstract_task(bad)
+        _abstract_task(bad, members.task_class(bad.task))
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +123,31 @@ def test_hmar_trains_and_its_masked_schedule_changes_at_sampling(tmp_path, tiny_
         pipe.sample([0], steps=(1, 1))
     with pytest.raises(ValueError, match="patch_nums"):
         pipe.sample([0], patch_nums=(1, 2))
+
+
+@pytest.mark.slow  # ~40 s alone: LlamaGen's parity (model, converter, sampler) is in test_llamagen
+def test_llamagen_trains_samples_and_edits(tmp_path):
+    """The raster member through the generic trainer and pipeline: a one-scale VQ tokenizer, then the GPT
+    (loss falls), `arjax.load`, sampling with its own options, teacher-forced logits and editing."""
+    from arjax.train.trainer import train
+    tok = train(load_config(f"{FAMILY}:vq_tokenizer", [*TINY, *TINY_TOKENIZER, "tokenizer.patch_nums=(4,)",
+                                                       "tokenizer.using_mid_sa=False", "steps=4"]),
+                tmp_path / "tok", progress=False)
+    cfg = load_config(f"{FAMILY}:llamagen", [*TINY, "steps=30", "optim.base_lr=2e-2", "model.dim=32",
+                                             "model.n_layer=2", "model.n_head=2", f"tokenizer_dir={tok['model_dir']}"])
+    summary = train(cfg, tmp_path / "gpt", progress=False)
+    hist = [h["loss"] for h in summary["history"]]
+    assert summary["finished"] and np.mean(hist[-6:]) < np.mean(hist[:6])
+    pipe = arjax.load(summary["model_dir"])
+    assert pipe.member.name == "llamagen" and pipe.cfg.block_size == 16
+    imgs, tokens = pipe.sample([0, 1], top_k=0, top_p=0.0, cfg_interval=3, temperature=0.9, return_tokens=True)
+    assert imgs.shape == (2, 16, 16, 3) and tokens.shape == (2, 16)
+    logits = pipe.logits(tokens, [0, 1])
+    assert logits.shape == (2, 16, pipe.cfg.vocab_size)
+    with pytest.raises(ValueError, match="do not apply to llamagen"):
+        pipe.sample([0], steps=(1,))
+    src = np.asarray(imgs) * 2 - 1
+    mask = np.zeros((16, 16), bool)
+    mask[8:, :] = True  # the bottom half regenerated: the top half's tokens are forced
+    edited, etoks = pipe.edit(src, mask, label=[0, 1], top_k=1, return_tokens=True)
+    np.testing.assert_array_equal(np.asarray(etoks)[:, :8], np.asarray(pipe.tokenizer.encode(src))[:, :8])

@@ -8,7 +8,6 @@ copied as is (channel-first). Architecture is inferred from the tensor shapes.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from arjax import members
 from arjax.convert.state_dict import fill_params, load_state_dict
 from arjax.convert.var import VAR_RENAMES, _indices, _need, transformer_basics
 from arjax.nn.init import abstract_module, abstract_params
@@ -145,6 +145,19 @@ def convert_flexvar(vae_path, var_path, out_dir, *, patch_nums=None, max_pn: int
     tok_cfg, model_cfg, params = flexvar_params(load_state_dict(vae_path), load_state_dict(var_path),
                                                 patch_nums=patch_nums, max_pn=max_pn,
                                                 names=(str(vae_path), str(var_path)))
-    meta = {"family": "flexvar", "tokenizer": dataclasses.asdict(tok_cfg), "model": dataclasses.asdict(model_cfg),
-            "source": {"vae": str(vae_path), "var": str(var_path), "reference": "github.com/jiaosiyu1999/FlexVAR"}}
+    meta = members.model_meta("flexvar", tok_cfg, model_cfg, source={
+        "vae": str(vae_path), "var": str(var_path), "reference": "github.com/jiaosiyu1999/FlexVAR"})
     return save_model(out_dir, meta, params)
+
+
+# -- `arjax convert flexvar` (registered by arjax.members.flexvar) ----------------------------------
+HELP = "FlexVAR: FlexVAE.pth + FlexVAR transformer checkpoint"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--vae", required=True, help="tokenizer checkpoint (.pth or .safetensors)")
+    p.add_argument("--var", required=True, help="transformer checkpoint (.pth or .safetensors)")
+
+
+def run(args) -> Path:
+    return convert_flexvar(args.vae, args.var, args.out)

@@ -5,7 +5,6 @@ tokenizer ch, ch_mult, res blocks, attention, phi sharing), then every tensor is
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from arjax import members
 from arjax.convert.state_dict import fill_params, load_state_dict
 from arjax.nn.init import abstract_params
 from arjax.nn.models.var import VAR, VARConfig
@@ -125,6 +125,22 @@ def convert_var(vae_path, var_path, out_dir, *, patch_nums=None, quant_resi: flo
         "model": fill_params(abstract_params(VAR, var_cfg), var_sd,
                              renames=VAR_RENAMES, ignore=VAR_IGNORE, what=f"VAR ({var_path})"),
     }
-    meta = {"family": "var", "tokenizer": dataclasses.asdict(vae_cfg), "model": dataclasses.asdict(var_cfg),
-            "source": {"vae": str(vae_path), "var": str(var_path)}}
+    meta = members.model_meta("var", vae_cfg, var_cfg, source={"vae": str(vae_path), "var": str(var_path)})
     return save_model(out_dir, meta, jax.tree.map(np.asarray, params))
+
+
+# -- `arjax convert var` (registered by arjax.members.var) ------------------------------------------
+HELP = "VAR: vae_ch160v4096z32.pth + var_dNN.pth"
+
+
+def add_arguments(p) -> None:
+    from arjax.cli import int_list
+    p.add_argument("--vae", required=True, help="tokenizer checkpoint (.pth or .safetensors)")
+    p.add_argument("--var", required=True, help="transformer checkpoint (.pth or .safetensors)")
+    p.add_argument("--patch-nums", type=int_list, default=None, help="scale schedule; inferred from the checkpoint "
+                   "when omitted")
+    p.add_argument("--quant-resi", type=float, default=0.5, help="phi residual ratio (VAR: 0.5)")
+
+
+def run(args) -> Path:
+    return convert_var(args.vae, args.var, args.out, patch_nums=args.patch_nums, quant_resi=args.quant_resi)

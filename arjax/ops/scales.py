@@ -19,6 +19,15 @@ VAR_SCHEDULES = {
 LONG_SCHEDULE_1024 = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
 
 
+def check_schedule(patch_nums) -> tuple[int, ...]:
+    """A user-given schedule as a tuple of ints, or a ValueError saying what a schedule must be."""
+    pns = tuple(int(p) for p in patch_nums)
+    if not pns or pns[0] != 1 or any(p <= 0 for p in pns) or list(pns) != sorted(set(pns)):
+        raise ValueError(f"patch_nums must be increasing positive sides starting at 1, e.g. (1, 2, 3, 4, 6, 8); "
+                         f"got {tuple(patch_nums)}")
+    return pns
+
+
 def scale_lens(patch_nums) -> tuple[int, ...]:
     return tuple(int(pn) ** 2 for pn in patch_nums)
 

@@ -1,8 +1,9 @@
-"""Training the next-scale transformers (VAR, HMAR, FlexVAR) on a frozen, already trained tokenizer.
+"""Training a member's generator on a frozen, already trained tokenizer.
 
-`NextScaleTask` owns what the members share: loading the tokenizer named by `cfg.tokenizer_dir`, the
+`GeneratorTask` owns what the members share: loading the tokenizer named by `cfg.tokenizer_dir`, the
 token cache, class dropout, previews through the member's sampler and the export. Each member only
-says how a batch of tokens becomes a loss (`member_loss`).
+says how a batch of tokens becomes a loss (`member_loss`) and which model fields its tokenizer fixes
+(`tokenizer_fields`). The trainer calls the protocol of `arjax.train.tasks.Task`.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from arjax import family
+from arjax import members
 from arjax.data.token_cache import TokenCache, encode_to_cache
 from arjax.nn.init import abstract_module, create
+from arjax.ops import scales
 from arjax.train import checkpoint
 from arjax.train.losses import token_cross_entropy, var_metrics
 from arjax.train.progressive import ProgressiveSchedule
@@ -26,58 +28,63 @@ def pure(module) -> dict:
     return nnx.to_pure_dict(nnx.state(module, nnx.Param))
 
 
-class NextScaleTask(abc.ABC):
-    name: str  # the member's key in arjax.family.MEMBERS
+class GeneratorTask(abc.ABC):
+    name: str  # the member's key in arjax.members.MEMBERS
+    progressive = False      # implements progressive scale training (progressive.fraction > 0)
+    self_correcting = False  # implements loss.self_correction
 
     def __init__(self, cfg, abstract_tokenizer=None):
         """`abstract_tokenizer`: plan with this tokenizer config and shape-only weights, reading nothing."""
         self.cfg = cfg
         self.member = self.member_info()
-        tok_family = self.member.tok
+        kind = members.tokenizer_kind(self.member.tokenizer)
         if abstract_tokenizer is None:
             meta = checkpoint.read_meta(cfg.tokenizer_dir)
-            found = meta.get("family")
-            found = found if found in family.TOKENIZERS else family.member(found).tok.name
-            if found != tok_family.name:
+            found = members.tokenizer_of(meta).name
+            if found != kind.name:
                 raise ValueError(f"tokenizer_dir={cfg.tokenizer_dir} holds a {found!r} tokenizer but {self.name} "
-                                 f"trains on a {tok_family.name!r} one")
-            self.tok_cfg = tok_family.config_cls(**meta["tokenizer"])
+                                 f"trains on a {kind.name!r} one")
+            self.tok_cfg = kind.config_cls(**meta["tokenizer"])
         else:
             self.tok_cfg = abstract_tokenizer
-        tok_abstract = abstract_module(tok_family.cls, self.tok_cfg)
+        tok_abstract = abstract_module(kind.cls, self.tok_cfg)
         self.tok_graphdef = nnx.split(tok_abstract)[0]
         if abstract_tokenizer is None:
             self.tok_params = checkpoint.load_params(cfg.tokenizer_dir, {"tokenizer": pure(tok_abstract)})["tokenizer"]
         else:
             self.tok_params = pure(tok_abstract)
-        model = dict(cfg.model.to_dict(), vocab_size=self.tok_cfg.vocab_size, cvae=self.tok_cfg.z_channels,
-                     patch_nums=self.tok_cfg.patch_nums)
+        fixed = self.tokenizer_fields(self.tok_cfg)
+        model = dict(cfg.model.to_dict(), **fixed)
         known = {f.name for f in dataclasses.fields(self.member.config_cls)}
         if unknown := sorted(set(model) - known):
             raise ValueError(f"config keys model.{', model.'.join(unknown)} do not apply to {self.name}; its model "
-                             f"takes {sorted(known - {'vocab_size', 'cvae', 'patch_nums'})}")
+                             f"takes {sorted(known - set(fixed))}")
         self.model_cfg = self.member.config_cls(**model)
         self.graphdef = nnx.split(abstract_module(self.member.cls, self.model_cfg))[0]
         self.image_size = self.tok_cfg.image_size
-        if self.name != "var" and "progressive" in cfg and cfg.progressive.fraction:
-            raise ValueError(f"progressive.fraction: progressive scale training is implemented for VAR only, "
-                             f"not {self.name}; set it to 0")
+        if not self.progressive and "progressive" in cfg and cfg.progressive.fraction:
+            raise ValueError(f"progressive.fraction: progressive scale training is not implemented for "
+                             f"{self.name}; set it to 0")
         self.self_correction = float(cfg.loss.get("self_correction", 0.0))
         if not 0.0 <= self.self_correction <= 1.0:
             raise ValueError(f"loss.self_correction is the largest share of tokens replaced, in [0, 1]; "
                              f"got {self.self_correction}")
-        if self.self_correction and self.name != "var":
-            raise ValueError(f"loss.self_correction is implemented for VAR only, "
-                             f"not {self.name}; set it to 0")
+        if self.self_correction and not self.self_correcting:
+            raise ValueError(f"loss.self_correction is not implemented for {self.name}; set it to 0")
 
     @classmethod
-    def member_info(cls) -> family.Member:
-        return family.member(cls.name)
+    def member_info(cls) -> members.Member:
+        return members.member(cls.name)
+
+    @staticmethod
+    def tokenizer_fields(tok_cfg) -> dict:
+        """Model config fields the tokenizer decides (next-scale members: codes, code width, schedule)."""
+        return {"vocab_size": tok_cfg.vocab_size, "cvae": tok_cfg.z_channels, "patch_nums": tok_cfg.patch_nums}
 
     @property
     def seq_len(self) -> int:
         """Tokens per cached example (the tokenizer's full schedule)."""
-        return sum(pn * pn for pn in self.tok_cfg.patch_nums)
+        return scales.seq_len(self.tok_cfg.patch_nums)
 
     def init_params(self, seed: int):
         return pure(create(self.member.cls, self.model_cfg, seed))
@@ -169,16 +176,16 @@ class NextScaleTask(abc.ABC):
         return out[0], labels
 
     def export_meta(self):
-        return {"family": self.name, "tokenizer": dataclasses.asdict(self.tok_cfg),
-                "model": dataclasses.asdict(self.model_cfg)}
+        return members.model_meta(self.name, self.tok_cfg, self.model_cfg)
 
     def export_params(self, params, consts):
         return {"tokenizer": consts["tokenizer"], "model": params}
 
 
-class VARTask(NextScaleTask):
+class VARTask(GeneratorTask):
     """VAR: block-causal next-scale prediction, uniform 1/L token weights, optional progressive training."""
     name = "var"
+    progressive = self_correcting = True
 
     def __init__(self, cfg, abstract_tokenizer=None):
         super().__init__(cfg, abstract_tokenizer)
@@ -205,7 +212,7 @@ class VARTask(NextScaleTask):
         return jnp.mean(jnp.sum(ce * weights, axis=-1)), var_metrics(logits, tokens, lens[-1])
 
 
-class HMARTask(NextScaleTask):
+class HMARTask(GeneratorTask):
     """HMAR: Markovian (block-diagonal) next-scale prediction plus the masked branch within a scale,
     with per-scale loss weights (`model.scale_weights`)."""
     name = "hmar"
@@ -226,7 +233,7 @@ class HMARTask(NextScaleTask):
         return {"steps": steps} if steps else {}
 
 
-class FlexVARTask(NextScaleTask):
+class FlexVARTask(GeneratorTask):
     """FlexVAR: each step trains on one schedule drawn from `flex.num_schedules` sub-schedules of the
     tokenizer's scales (the full one included). Scales are quantised independently, so a sub-schedule's
     tokens are a selection of the cached full-schedule tokens. The schedule is the step's static phase:
@@ -244,8 +251,8 @@ class FlexVARTask(NextScaleTask):
     def member_loss(self, model, tok, tokens, labels, key, step, phase, x_in=None):
         full = tuple(self.tok_cfg.patch_nums)
         pns = self.schedules[0 if phase is None else phase]
-        bounds = dict(zip(full, np.cumsum([0] + [pn * pn for pn in full])[:-1]))
-        tokens = jnp.concatenate([tokens[:, bounds[pn]:bounds[pn] + pn * pn] for pn in pns], axis=1)
+        spans = dict(zip(full, scales.begin_ends(full)))
+        tokens = jnp.concatenate([tokens[:, slice(*spans[pn])] for pn in pns], axis=1)
         x_in = jax.lax.stop_gradient(tok.quantize.indices_to_var_input(tokens, patch_nums=pns))
         logits = model(labels, x_in, patch_nums=pns)
         ce = token_cross_entropy(logits, tokens, self.cfg.loss.label_smoothing)
@@ -276,4 +283,24 @@ def train_schedules(full, count: int, min_scales: int, seed: int) -> list[tuple[
     return out
 
 
-GENERATOR_TASKS = {t.name: t for t in (VARTask, HMARTask, FlexVARTask)}
+class LlamaGenTask(GeneratorTask):
+    """LlamaGen: raster-order next-token prediction; mean cross-entropy over all tokens, as train_c2i.py.
+    Class dropout replaces labels by the null class (model.num_classes) at rate loss.class_dropout."""
+    name = "llamagen"
+
+    @staticmethod
+    def tokenizer_fields(tok_cfg) -> dict:
+        if len(tok_cfg.patch_nums) != 1:
+            raise ValueError(f"llamagen trains on a one-scale VQ tokenizer (tokenizer.patch_nums=(grid,)); "
+                             f"this one has the schedule {tuple(tok_cfg.patch_nums)}")
+        return {"vocab_size": tok_cfg.vocab_size, "block_size": tok_cfg.patch_nums[0] ** 2}
+
+    def member_loss(self, model, tok, tokens, labels, key, step, phase, x_in=None):
+        logits = model(labels, tokens)
+        ce = token_cross_entropy(logits, tokens, self.cfg.loss.label_smoothing)
+        acc = jnp.mean(jnp.argmax(logits, -1) == tokens) * 100
+        return jnp.mean(ce), {"acc_mean": acc}
+
+    def sample_options(self) -> dict:
+        return {"cfg_interval": int(self.cfg.sample.get("cfg_interval", -1)),
+                "temperature": float(self.cfg.sample.get("temperature", 1.0))}

@@ -1,25 +1,46 @@
 """What is trained: each task owns its model, loss, previews and export; the trainer owns the rest.
 
 A task's parameters are a pure-dict pytree (what the optimiser, EMA and orbax see); the module is
-rebuilt inside jitted code with `nnx.merge(graphdef, params)`.
+rebuilt inside jitted code with `nnx.merge(graphdef, params)`. `Task` is the protocol the trainer
+calls; `arjax.members.task_class(cfg.task)` finds a config's task (tokenizer kinds train with the
+tasks below, generators with `arjax.train.generator_tasks`).
 """
 from __future__ import annotations
 
-import dataclasses
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from arjax import family
+from arjax import members
 from arjax.nn.discriminator import DiscriminatorConfig, PatchDiscriminator
 from arjax.nn.init import abstract_module, create
 from arjax.nn.lpips import load_lpips, lpips_distance
 from arjax.ops.resample import resize_area
-from arjax.train.generator_tasks import GENERATOR_TASKS, pure
+from arjax.train.generator_tasks import pure
 from arjax.train.losses import disc_loss, generator_adv_loss, straight_through, vq_losses
 from arjax.train.optim import make_optimizer
+
+
+class Task(Protocol):
+    """What the trainer calls. `phase(step)` is a static argument of the compiled step (one compile per
+    distinct phase); `loss` returns (loss, (metrics, aux)) and `post_update` may change params/extra
+    from aux after the optimiser step."""
+    image_size: int
+
+    def __init__(self, cfg) -> None: ...
+    def init_params(self, seed: int) -> Any: ...
+    def init_extra(self) -> Any: ...
+    def constants(self) -> Any: ...
+    def prepare_source(self, source, workdir, progress: bool) -> Any: ...
+    def phase(self, step: int) -> Any: ...
+    def loss(self, params, extra, consts, batch, key, step, phase=None) -> tuple: ...
+    def post_update(self, params, extra, aux, step, key) -> tuple: ...
+    def preview(self, params, consts, batch, seed: int) -> tuple: ...
+    def export_meta(self) -> dict: ...
+    def export_params(self, params, consts) -> dict: ...
 
 
 class TokenizerTask:
@@ -28,13 +49,13 @@ class TokenizerTask:
     optionally an LPIPS perceptual loss (user-supplied VGG weights) and a PatchGAN discriminator
     trained by its own optimiser (its parameters and optimiser state live in `extra`)."""
 
-    family = "msvq"
+    kind = "msvq"  # key of arjax.members.TOKENIZERS
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.tok_family = family.tokenizer(self.family)
-        self.model_cfg = self.tok_family.config_cls(**cfg.tokenizer.to_dict())
-        self.graphdef = nnx.split(abstract_module(self.tok_family.cls, self.model_cfg))[0]
+        self.tok_kind = members.tokenizer_kind(self.kind)
+        self.model_cfg = self.tok_kind.config_cls(**cfg.tokenizer.to_dict())
+        self.graphdef = nnx.split(abstract_module(self.tok_kind.cls, self.model_cfg))[0]
         self.image_size = self.model_cfg.image_size
         d = cfg.disc
         self.use_disc = d.weight > 0
@@ -55,7 +76,7 @@ class TokenizerTask:
         self.lpips = load_lpips(cfg.loss.lpips_vgg, cfg.loss.lpips_lin) if cfg.loss.perceptual > 0 else None
 
     def init_params(self, seed: int):
-        return pure(create(self.tok_family.cls, self.model_cfg, seed))
+        return pure(create(self.tok_kind.cls, self.model_cfg, seed))
 
     def init_extra(self):
         v = self.model_cfg.vocab_size
@@ -157,7 +178,7 @@ class TokenizerTask:
         return (jnp.concatenate([x, rec]) + 1) / 2, None
 
     def export_meta(self):
-        return {"family": self.family, "tokenizer": dataclasses.asdict(self.model_cfg)}
+        return members.model_meta(self.kind, self.model_cfg)
 
     def export_params(self, params, consts):
         return {"tokenizer": params}
@@ -168,7 +189,7 @@ class FlexTokenizerTask(TokenizerTask):
     own) trained to reconstruct every scale: scale k's codes decode to the image area-resized to
     downsample * pn_k. The full-size scale carries the L1/L2 (and perceptual, adversarial) losses as
     for the msvq tokenizer; the smaller scales add `loss.scale_recon` x their mean L1 + L2."""
-    family = "flexvq"
+    kind = "flexvq"
 
     def reconstruct(self, vae, x):
         t, pns, ds = self.cfg.loss, self.model_cfg.patch_nums, self.model_cfg.downsample
@@ -178,7 +199,3 @@ class FlexTokenizerTask(TokenizerTask):
                  for r, target in ((r, resize_area(x, ds * pn)) for r, pn in zip(recs[:-1], pns[:-1]))]
         scale_rec = sum(small) / max(len(small), 1)
         return recs[-1], idx_list, f, vq + t.scale_recon * scale_rec, {"vq": vq, "scale_rec": scale_rec}
-
-
-TASKS = {"tokenizer": TokenizerTask, "flex_tokenizer": FlexTokenizerTask, **GENERATOR_TASKS}
-

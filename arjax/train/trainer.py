@@ -21,12 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from arjax import parallel
+from arjax import members, parallel
 from arjax.data import make_dataset, make_source
 from arjax.train import checkpoint
 from arjax.train.losses import NonFiniteLoss
 from arjax.train.optim import make_optimizer, peak_lr, var_schedule, wd_schedule
-from arjax.train.tasks import TASKS
 
 
 class PeerFailure(RuntimeError):
@@ -133,7 +132,7 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
     rep = parallel.replicated(mesh)
 
     # ---- model ---------------------------------------------------------------------------------
-    task = TASKS[cfg.task](cfg)
+    task = members.task_class(cfg.task)(cfg)
 
     # ---- input ---------------------------------------------------------------------------------
     source_kwargs = cfg.data.kwargs.to_dict()
