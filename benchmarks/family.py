@@ -73,10 +73,10 @@ def train_all(out: Path, steps: int) -> None:
 def step_cost(member: str, out: Path, timed: int) -> tuple[float, int]:
     """(median seconds per trainer step, compiled step bytes) on the member's training config."""
     from arjax.config import load_config
-    from arjax.train.tasks import TASKS
+    from arjax import members
     from arjax.train.trainer import build_optimizer, make_train_step, state_initializer
     cfg = load_config(f"{CONFIG}:{member}", [f"tokenizer_dir={out / TOKENIZER_OF[member] / 'model'}"])
-    task = TASKS[member](cfg)
+    task = members.task_class(cfg.task)(cfg)
     tx, _ = build_optimizer(cfg)
     state = jax.jit(state_initializer(task, tx, cfg))()
     consts = task.constants()
