@@ -21,7 +21,7 @@ from arjax.convert.var import VAR_RENAMES, _indices, _need, transformer_basics
 from arjax.nn.init import abstract_module, abstract_params
 from arjax.nn.models.flexvar import FlexVAR, FlexVARConfig
 from arjax.nn.tokenizers.flexvq import FLEXVAR_SCHEDULE, FlexVQConfig, FlexVQVAE
-from arjax.train.checkpoint import save_model
+from arjax.train.checkpoint import check_new_model_dir, save_model
 
 VAE_IGNORE = (r"quantize\.codebook_used",)
 VAR_IGNORE = (r"attn_bias_for_masking", r"blocks\.\d+\.attn\.zero_k_bias")
@@ -140,8 +140,7 @@ def load_flexvar(vae_path, var_path, *, patch_nums=None, max_pn: int = 16):
 
 def convert_flexvar(vae_path, var_path, out_dir, *, patch_nums=None, max_pn: int = 16) -> Path:
     """Read both checkpoints, check every tensor, and write an arjax model directory."""
-    if (Path(out_dir) / "params").exists():
-        raise FileExistsError(f"{Path(out_dir) / 'params'} already exists; choose an empty output directory")
+    check_new_model_dir(out_dir)
     tok_cfg, model_cfg, params = flexvar_params(load_state_dict(vae_path), load_state_dict(var_path),
                                                 patch_nums=patch_nums, max_pn=max_pn,
                                                 names=(str(vae_path), str(var_path)))

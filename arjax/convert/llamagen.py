@@ -21,7 +21,7 @@ from arjax.convert.var import _indices, _need
 from arjax.nn.init import abstract_params
 from arjax.nn.models.llamagen import PRESETS, LlamaGen, LlamaGenConfig
 from arjax.nn.tokenizers.flexvq import FlexVQConfig, FlexVQVAE
-from arjax.train.checkpoint import save_model
+from arjax.train.checkpoint import check_new_model_dir, save_model
 
 GPT_IGNORE = (r"freqs_cis",)   # a derived table, registered as a buffer by the reference
 
@@ -96,8 +96,7 @@ def load_llamagen(vq_path, gpt_path, *, image_size: int = 256, n_head: int | Non
 
 def convert(vq_path, gpt_path, out_dir, *, image_size: int = 256, n_head: int | None = None) -> Path:
     """Read both checkpoints, check every tensor, and write an arjax model directory."""
-    if (Path(out_dir) / "params").exists():
-        raise FileExistsError(f"{Path(out_dir) / 'params'} already exists; choose an empty output directory")
+    check_new_model_dir(out_dir)
     tok_cfg, cfg, params = llamagen_params(load_state_dict(vq_path), load_state_dict(gpt_path),
                                            image_size=image_size, n_head=n_head, names=(str(vq_path), str(gpt_path)))
     meta = members.model_meta("llamagen", tok_cfg, cfg, source={

@@ -18,7 +18,7 @@ from arjax.nn.init import abstract_params
 from arjax.nn.models.var import VAR, VARConfig
 from arjax.nn.tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
 from arjax.ops import scales
-from arjax.train.checkpoint import save_model
+from arjax.train.checkpoint import check_new_model_dir, save_model
 
 VAE_IGNORE = (r"quantize\.ema_vocab_hit_SV",)
 VAR_IGNORE = (r"lvl_1L", r"attn_bias_for_masking", r"blocks\.\d+\.attn\.zero_k_bias")
@@ -108,8 +108,7 @@ def infer_var_config(sd, patch_nums=None, num_heads=None) -> VARConfig:
 def convert_var(vae_path, var_path, out_dir, *, patch_nums=None, quant_resi: float = 0.5,
                 num_heads: int | None = None) -> Path:
     """Read both checkpoints, check every tensor, and write an arjax model directory."""
-    if (Path(out_dir) / "params").exists():
-        raise FileExistsError(f"{Path(out_dir) / 'params'} already exists; choose an empty output directory")
+    check_new_model_dir(out_dir)
     var_sd, vae_sd = load_state_dict(var_path), load_state_dict(vae_path)
     if "encoder.conv_in.weight" in var_sd or "class_emb.weight" in vae_sd:
         raise ValueError(f"{var_path} holds a tokenizer (VQVAE) or {vae_path} a transformer: the two files look "

@@ -17,13 +17,20 @@ META_FILE = "arjax.json"
 PARAMS_DIR = "params"
 
 
+def check_new_model_dir(directory) -> Path:
+    """The parameters folder a model directory would get; an error if it holds one already (converters
+    call this before reading large checkpoints)."""
+    target = Path(directory).absolute() / PARAMS_DIR
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; choose an empty output directory")
+    return target
+
+
 def save_model(directory, meta: dict, params) -> Path:
     """Write `meta` (JSON-serialisable) and the `params` pytree under `directory`."""
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / PARAMS_DIR
-    if target.exists():
-        raise FileExistsError(f"{target} already exists; choose an empty output directory")
+    target = check_new_model_dir(directory)
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(target, params)
     ckptr.wait_until_finished()
