@@ -258,7 +258,8 @@ class Plan:
     needed_bytes: int | None = None  # from RESOURCE_EXHAUSTED when it does not fit
     input_bytes: int = 0       # per device: state + constants + batch, from the shardings (compiled or not)
     state_bytes: int = 0       # per device: the whole train state (the part that does not grow with the batch)
-    flops_source: str = "compiled"   # or "lowered" (HLO before partitioning / devices, when it did not fit)
+    flops_source: str = "compiled"   # "lowered": HLO before partitioning / devices, when it did not fit;
+                                     # "unrolled": the same, of the step with its scanned layers unrolled
     compile_seconds: float = 0.0
     compiled: object = dataclasses.field(default=None, repr=False, compare=False)  # keep_compiled=True
     attn_impl: str | None = None
@@ -306,32 +307,8 @@ def plan(cfg, devices=None, *, hbm_gib: float | None = None, keep_compiled: bool
     import jax
     import numpy as np
 
-    from arjax import parallel
-    from arjax import members
-    from arjax.train.generator_tasks import GeneratorTask
-    from arjax.train.trainer import build_optimizer, make_train_step, state_initializer
-
     mesh = plan_mesh(cfg.mesh.to_dict(), devices)
-    shards = parallel.batch_divisor(mesh)
-    if cfg.batch_size % shards:
-        raise ValueError(f"global batch {cfg.batch_size} is not divisible by the {shards} batch shards "
-                         f"(data x fsdp of mesh {dict(mesh.shape)})")
-    task_cls = members.task_class(cfg.task)
-    task = _abstract_task(cfg, task_cls) if issubclass(task_cls, GeneratorTask) else task_cls(cfg)
-    tx, _ = build_optimizer(cfg)
-    state = parallel.sharded_abstract(state_initializer(task, tx, cfg), mesh)
-    state_sh = parallel.shardings_of(state)
-    rep, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    consts = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
-                          jax.eval_shape(task.constants))
-    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
-             for k, (shape, dtype) in _batch_spec(cfg, task).items()}
-    accum = int(cfg.get("accum_steps", 1) or 1)
-    if cfg.batch_size % (shards * accum):
-        raise ValueError(f"global batch {cfg.batch_size} is not divisible by the {shards} batch shards x "
-                         f"accum_steps={accum} microbatches")
-    step = jax.jit(make_train_step(task, tx, cfg.seed, cfg.ema_decay, accum), static_argnums=3, donate_argnums=0,
-                   in_shardings=(state_sh, rep, batch_sh), out_shardings=(state_sh, rep))
+    step, (state, consts, batch, phase), accum, shards = _train_step(cfg, mesh)
 
     def per_device(tree) -> int:
         return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in jax.tree.leaves(tree))
@@ -354,7 +331,7 @@ def plan(cfg, devices=None, *, hbm_gib: float | None = None, keep_compiled: bool
              attn_impl=model.get("attn_impl"), remat=model.get("remat"))
     t0 = time.time()
     with jax.set_mesh(mesh):
-        lowered = step.lower(state, consts, batch, task.phase(cfg.steps - 1))
+        lowered = step.lower(state, consts, batch, phase)
         try:
             compiled = lowered.compile(options)
         except Exception as e:  # noqa: BLE001 -- only out-of-memory is an answer; the rest propagates
@@ -366,18 +343,66 @@ def plan(cfg, devices=None, *, hbm_gib: float | None = None, keep_compiled: bool
             if parsed:
                 p.needed_bytes, p.usable_bytes = parsed
     p.compile_seconds = time.time() - t0
-    if compiled is None:  # FLOPs of the step before partitioning, shared evenly
-        p.flops, p.flops_source = _lowered_flops(lowered) / mesh.size, "lowered"
+    scanned = bool((cfg.get("model") or {}).get("scan_layers"))
+    if compiled is None or scanned:
+        # FLOPs of the step before partitioning, shared evenly. XLA's cost analysis counts a loop body once,
+        # so a step whose layers are scanned is counted unrolled (and with XLA attention, which it can count)
+        flops = _unrolled_flops(cfg, mesh) if scanned else _lowered_flops(lowered)
+        p.flops, p.flops_source = flops / mesh.size, "unrolled" if scanned else "lowered"
+    if compiled is None:
         return p
     if keep_compiled:
         p.compiled = compiled
     mem = compiled.memory_analysis()
     p.argument_bytes, p.output_bytes = mem.argument_size_in_bytes, mem.output_size_in_bytes
     p.alias_bytes, p.temp_bytes = mem.alias_size_in_bytes, mem.temp_size_in_bytes
-    p.flops = _flops(compiled)
+    if not scanned:
+        p.flops = _flops(compiled)
     if chip:
         p.fits = True  # XLA:TPU refuses to compile what does not fit
     return p
+
+
+def _train_step(cfg, mesh):
+    """The jitted, sharded train step of `cfg` on `mesh` and its abstract arguments (nothing allocated)."""
+    import jax
+
+    from arjax import members, parallel
+    from arjax.train.generator_tasks import GeneratorTask
+    from arjax.train.trainer import build_optimizer, make_train_step, state_initializer
+
+    shards = parallel.batch_divisor(mesh)
+    if cfg.batch_size % shards:
+        raise ValueError(f"global batch {cfg.batch_size} is not divisible by the {shards} batch shards "
+                         f"(data x fsdp of mesh {dict(mesh.shape)})")
+    task_cls = members.task_class(cfg.task)
+    task = _abstract_task(cfg, task_cls) if issubclass(task_cls, GeneratorTask) else task_cls(cfg)
+    tx, _ = build_optimizer(cfg)
+    state = parallel.sharded_abstract(state_initializer(task, tx, cfg), mesh)
+    state_sh = parallel.shardings_of(state)
+    rep, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    consts = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
+                          jax.eval_shape(task.constants))
+    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
+             for k, (shape, dtype) in _batch_spec(cfg, task).items()}
+    accum = int(cfg.get("accum_steps", 1) or 1)
+    if cfg.batch_size % (shards * accum):
+        raise ValueError(f"global batch {cfg.batch_size} is not divisible by the {shards} batch shards x "
+                         f"accum_steps={accum} microbatches")
+    step = jax.jit(make_train_step(task, tx, cfg.seed, cfg.ema_decay, accum), static_argnums=3, donate_argnums=0,
+                   in_shardings=(state_sh, rep, batch_sh), out_shardings=(state_sh, rep))
+    return step, (state, consts, batch, task.phase(cfg.steps - 1)), accum, shards
+
+
+def _unrolled_flops(cfg, mesh) -> float:
+    """FLOPs of `cfg`'s step with model.scan_layers off and XLA attention (a kernel's custom call counts
+    nothing), from the lowered HLO: nothing is compiled (compiling the unrolled step takes many minutes)."""
+    import jax
+    unrolled = cfg.copy_and_resolve_references()
+    unrolled.model.scan_layers, unrolled.model.attn_impl = False, "xla"
+    step, args, _, _ = _train_step(unrolled, mesh)
+    with jax.set_mesh(mesh):
+        return _lowered_flops(step.lower(*args))
 
 
 def _flops(stage) -> float:
@@ -449,6 +474,11 @@ def _batch_spec(cfg, task) -> dict:
     return {"image": ((b, task.image_size, task.image_size, 3), np.float32), "label": label}
 
 
+def _tflops(flops: float) -> str:
+    t = flops / 1e12
+    return f"{t:,.4f}" if t >= 0.1 or t == 0 else f"{t:.4e}"
+
+
 def _gib(n: int | None) -> str:
     return "?" if n is None else f"{n / GiB:.2f}"
 
@@ -507,9 +537,10 @@ def format_plan(p: Plan, cfg) -> str:
         else:
             approx = "~" if not compiled and name.startswith("step temporaries") else ""
             lines.append(f"  {name:46s} {approx + f'{v / mib:,.3f}':>12s}")
-    src = "" if p.flops_source == "compiled" else " [before partitioning / devices]"
-    lines.append(f"  {'TFLOPs per step (this device)':46s} {p.flops / 1e12:12,.4f}{src}")
-    lines.append(f"  {'TFLOPs per step (all devices)':46s} {p.flops * p.devices / 1e12:12,.4f}")
+    src = {"compiled": "", "lowered": " [before partitioning / devices]",
+           "unrolled": " [layers unrolled, XLA attention; before partitioning / devices]"}[p.flops_source]
+    lines.append(f"  {'TFLOPs per step (this device)':46s} {_tflops(p.flops):>12s}{src}")
+    lines.append(f"  {'TFLOPs per step (all devices)':46s} {_tflops(p.flops * p.devices):>12s}")
     lines.append(verdict(p))
     return "\n".join(lines)
 
@@ -780,8 +811,9 @@ def format_variants(rows: list[dict], with_max_batch: bool) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
     if any("error" not in r and r["plan"]["flops_source"] != "compiled" for r in rows):
-        notes.append("* did not compile: XLA's FLOPs of the unpartitioned, unoptimised step / devices (not "
-                     "comparable with compiled rows); ~ temporaries: needed minus the inputs")
+        notes.append("* XLA's FLOPs of the unpartitioned, unoptimised step / devices (not comparable with compiled "
+                     "rows): it did not compile, or its layers are scanned and were counted unrolled with XLA "
+                     "attention (XLA counts a loop body once); ~ temporaries: needed minus the inputs")
     if with_max_batch and any((r.get("max_batch") or {}).get("converged") is False for r in rows):
         notes.append("? the search stopped before closing: the largest batch found to fit (raise --max-compiles)")
     if notes:

@@ -9,6 +9,7 @@ differs. VAR and HMAR train on the quickstart's residual tokenizer, FlexVAR on i
     arjax train --config configs/family.py:flexvar --workdir runs/family/flexvar --set tokenizer_dir=runs/family/flex_tokenizer/model
     arjax train --config configs/family.py:vq_tokenizer --workdir runs/family/vq_tokenizer
     arjax train --config configs/family.py:llamagen --workdir runs/family/llamagen --set tokenizer_dir=runs/family/vq_tokenizer/model
+    arjax train --config configs/family.py:maskgit  --workdir runs/family/maskgit  --set tokenizer_dir=runs/family/vq_tokenizer/model
 
 then e.g. `arjax sample --checkpoint runs/family/hmar/model --classes 0,1,2 --steps 1,1,1,2,4,8` (HMAR's
 masked steps per scale) or `arjax sample --checkpoint runs/family/flexvar/model --classes 0,1,2
@@ -87,5 +88,15 @@ def get_config(arg: str = "var") -> ml_collections.ConfigDict:
             class_dropout_prob=c.loss.class_dropout, attn_impl="auto", dtype="float32", remat=False))
         c.sample.update(cfg_interval=-1, temperature=1.0)
         return c
+    if arg == "maskgit":
+        c.task = "maskgit"
+        c.tokenizer_dir = "runs/family/vq_tokenizer/model"  # LlamaGen's one-scale VQ tokenizer
+        m = c.model  # the same width, depth and heads as the others; LlamaGen's layers, bidirectional
+        c.model = ml_collections.ConfigDict(dict(
+            dim=m.embed_dim, n_layer=m.depth, n_head=m.num_heads, n_kv_head=None, multiple_of=32,
+            ffn_dim_multiplier=None, rope_base=10000.0, norm_eps=1e-5, num_classes=m.num_classes, attn_impl="auto",
+            dtype="float32", remat=False))
+        c.sample.update(iterations=8, choice_temperature=4.5, temperature=1.0)
+        return c
     raise ValueError(f"unknown family stage {arg!r}: use tokenizer, flex_tokenizer, vq_tokenizer, var, hmar, "
-                     f"flexvar or llamagen")
+                     f"flexvar, llamagen or maskgit")

@@ -80,7 +80,7 @@ def get_config(arg: str = "var") -> ml_collections.ConfigDict:
         c.model = ml_collections.ConfigDict(dict(
             depth=3, embed_dim=128, num_heads=2, mlp_ratio=4.0, num_classes=10, norm_eps=1e-6, shared_aln=False,
             attn_l2_norm=True, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, attn_impl="auto",
-            dtype="float32", remat=False, embed_kernel=7))
+            dtype="float32", remat=False, scan_layers=False, embed_kernel=7))
         # self_correction: largest share of tokens replaced by random codes while the targets are built
         # (VAR only; arjax.nn.tokenizers.msvq.quantize_self_correcting); 0 = the reference's teacher forcing
         c.loss = ml_collections.ConfigDict(dict(class_dropout=0.1, label_smoothing=0.0, self_correction=0.0))

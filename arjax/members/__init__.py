@@ -19,6 +19,7 @@ MEMBERS = {  # name -> module defining MEMBER
     "hmar": "arjax.members.hmar",
     "flexvar": "arjax.members.flexvar",
     "llamagen": "arjax.members.llamagen",
+    "maskgit": "arjax.members.maskgit",
 }
 
 TOKENIZERS = {

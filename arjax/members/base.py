@@ -2,8 +2,10 @@
 costs nothing until a part is used; and the sampler-options dataclass every member's sampler takes."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
+import types
 
 
 def resolve(path: str):
@@ -120,11 +122,19 @@ class SamplerOptions:
 
 
 def option_fields() -> dict[str, dataclasses.Field]:
-    """Every registered member's option fields by name (the CLI offers their union as flags)."""
+    """Every registered member's option fields by name (the CLI offers their union as flags). Members may
+    share a name (same meaning and type, e.g. `temperature`): the first member's field is the flag, with
+    every member's help joined, so the help does not name one member only."""
     from arjax.members import MEMBERS, member
     out = {}
     for name in MEMBERS:
         for f in dataclasses.fields(member(name).options_cls):
-            out.setdefault(f.name, f)
+            if f.name not in out:
+                out[f.name] = f
+            elif f.metadata["help"] not in out[f.name].metadata["help"]:
+                shared = copy.copy(out[f.name])
+                shared.metadata = types.MappingProxyType(
+                    {**shared.metadata, "help": f"{shared.metadata['help']}; {f.metadata['help']}"})
+                out[f.name] = shared
     return out
 

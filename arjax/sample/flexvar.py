@@ -1,19 +1,17 @@
-"""FlexVAR's next-scale sampling loop (`autoregressive_infer_cfg`) with CFG and a KV cache.
+"""FlexVAR's next-scale sampling (`autoregressive_infer_cfg`) with CFG and a KV cache, on the shared loop.
 
-As VAR's loop (arjax.sample.next_scale), except: the schedule is chosen per call; scale k's input
+As VAR's (arjax.sample.next_scale), except: the schedule is chosen per call; scale k's input
 is scale k-1's codes bicubic-resized to pn_k (no f-hat accumulation); the image is decoded from the
 last scale's tokens alone; and the VAR-style CFG ramp is t = cfg * k / min(K - 1, 9) while
 pn <= max_pn, and t = cfg above it (so with K > 10 it overshoots cfg before the last scales).
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from arjax.nn.models.flexvar import FlexVAR
 from arjax.nn.tokenizers.flexvq import FlexVQVAE
-from arjax.ops import scales
-from arjax.sample.filters import top_k_top_p_filter
+from arjax.sample.next_scale import NextScaleSampler, twice
 
 CFG_STYLES = ("var", "llamagen")
 # The reference samples greedily (top_k = 1) at any side above max_pn or outside this set.
@@ -25,6 +23,48 @@ def cfg_scale(cfg: float, si: int, pn: int, num_scales: int, max_pn: int) -> flo
     if pn > max_pn:
         return cfg
     return cfg * si / max(min(num_scales - 1, 9), 1)
+
+
+class FlexVARSampler(NextScaleSampler):
+    """FlexVAR on the shared loop: KV-cached scales of a schedule chosen per call; the next input is the
+    drawn codes resized to the next scale; its own guidance and decoding."""
+
+    def __init__(self, tokenizer, model, labels, keys, *, patch_nums, cfg_style, raw, reference_greedy_sides, **kw):
+        if cfg_style not in CFG_STYLES:
+            raise ValueError(f"cfg_style must be one of {CFG_STYLES}, got {cfg_style!r}")
+        super().__init__(tokenizer, model, labels, keys, model.schedule(patch_nums), **kw)
+        self.cfg_style, self.raw, self.reference_greedy_sides = cfg_style, raw, reference_greedy_sides
+        self.pos = model.positions(self.pns)
+        self.nxt = None  # the next scale's (B, pn, pn, C) input codes
+
+    def scale_logits(self, si):
+        s, e = self.bounds[si]
+        if si == 0:
+            x = self.model.sos(self.cond) + self.pos[:, s:e]
+        else:
+            x = twice(self.model.word_embed(self.nxt) + self.pos[:, s:e])
+        return self.cached_logits(x)
+
+    def guide(self, logits, si):
+        if self.cfg_style == "llamagen":
+            return logits[self.b:] + (logits[:self.b] - logits[self.b:]) * self.cfg
+        t = cfg_scale(self.cfg, si, self.pns[si], len(self.pns), self.model.cfg.max_pn)
+        return (1 + t) * logits[:self.b] - t * logits[self.b:]
+
+    def top_k_at(self, si):
+        pn = self.pns[si]
+        if self.reference_greedy_sides and (pn > self.model.cfg.max_pn or pn not in REFERENCE_SAMPLED_SIDES):
+            return 1
+        return self.top_k
+
+    def feed(self, si, idx, filtered):
+        if si + 1 < len(self.pns):
+            pn = self.pns[si]
+            self.nxt = self.tok.quantize.next_input(idx.reshape(self.b, pn, pn), self.pns[si + 1])
+
+    def images(self, tokens):
+        out = self.tok.decode_map(tokens[-1].reshape(self.b, self.pns[-1], self.pns[-1]))
+        return out if self.raw else (jnp.clip(out, -1.0, 1.0) + 1) * 0.5
 
 
 def sample_flexvar(tokenizer: FlexVQVAE, model: FlexVAR, labels, keys, *, patch_nums=None, cfg: float = 1.5,
@@ -42,46 +82,6 @@ def sample_flexvar(tokenizer: FlexVQVAE, model: FlexVAR, labels, keys, *, patch_
     top_k = 1 takes the argmax directly (the reference's draw from a one-hot distribution).
     Each sample draws only from its own key, so it does not depend on its batch-mates.
     """
-    if cfg_style not in CFG_STYLES:
-        raise ValueError(f"cfg_style must be one of {CFG_STYLES}, got {cfg_style!r}")
-    mcfg = model.cfg
-    pns = model.schedule(patch_nums)
-    b, n = labels.shape[0], len(pns)
-    bounds = scales.begin_ends(pns)
-    if (forced_tokens is None) != (forced_mask is None):
-        raise ValueError("forced_tokens and forced_mask must be given together")
-    if forced_tokens is not None and forced_tokens.shape != (b, bounds[-1][1]):
-        raise ValueError(f"forced_tokens has shape {forced_tokens.shape}; expected {(b, bounds[-1][1])}")
-    cond = model.class_cond(jnp.concatenate([labels, jnp.full_like(labels, mcfg.num_classes)]))
-    pos = model.positions(pns)
-    x = model.sos(cond) + pos[:, : bounds[0][1]]
-    caches, tokens, top2 = None, [], []
-    for si, pn in enumerate(pns):
-        # queries of this scale see every cached key and themselves: no mask needed
-        h, caches = model.run_blocks(x, cond, caches=caches, mask="none", impl=mcfg.attn_impl)
-        logits = model.logits_from_hidden(h, cond)
-        if cfg_style == "var":
-            t = cfg_scale(cfg, si, pn, n, mcfg.max_pn)
-            logits = (1 + t) * logits[:b] - t * logits[b:]
-        else:
-            logits = logits[b:] + (logits[:b] - logits[b:]) * cfg
-        top2.append(jax.lax.top_k(logits, 2)[0])
-        greedy = top_k == 1 or (reference_greedy_sides and (pn > mcfg.max_pn or pn not in REFERENCE_SAMPLED_SIDES))
-        if greedy:  # no draw needed (and none compiled); ties go to the first index
-            idx = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        else:
-            logits = top_k_top_p_filter(logits, top_k, top_p)
-            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, si))(keys)
-            idx = jax.vmap(lambda k, lg: jax.random.categorical(k, lg, axis=-1))(step_keys, logits).astype(jnp.int32)
-        if forced_tokens is not None:
-            s, e = bounds[si]
-            idx = jnp.where(forced_mask[:, s:e], forced_tokens[:, s:e].astype(jnp.int32), idx)
-        tokens.append(idx)
-        if si != n - 1:
-            s, e = bounds[si + 1]
-            nxt = tokenizer.quantize.next_input(idx.reshape(b, pn, pn), pns[si + 1])
-            x = model.word_embed(nxt) + pos[:, s:e]
-            x = jnp.concatenate([x, x], axis=0)
-    out = tokenizer.decode_map(tokens[-1].reshape(b, pns[-1], pns[-1]))
-    images = out if raw else (jnp.clip(out, -1.0, 1.0) + 1) * 0.5
-    return images, jnp.concatenate(tokens, axis=1), jnp.concatenate(top2, axis=1)
+    return FlexVARSampler(tokenizer, model, labels, keys, patch_nums=patch_nums, cfg_style=cfg_style, raw=raw,
+                          reference_greedy_sides=reference_greedy_sides, cfg=cfg, top_k=top_k, top_p=top_p,
+                          forced_tokens=forced_tokens, forced_mask=forced_mask).run()

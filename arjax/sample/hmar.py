@@ -5,7 +5,9 @@ from the next-scale head; with steps_k > 1 only the most confident (probability 
 are kept, and each further step redraws the still-masked positions with the masked branch and fixes
 the most confident of them, following a cosine schedule; the last step fixes the rest. Conditional
 and unconditional rows run as one batch of 2B with VAR's guidance ramp t = cfg * k / (K - 1) for
-both heads. The schedule is a sampling-time choice: no retraining.
+both heads. The schedule is a sampling-time choice: no retraining. The loop over scales is the shared
+one (`arjax.sample.next_scale.NextScaleSampler`); HMAR's hooks are its Markovian scale input and the
+masked steps; step j of scale k draws from fold_in(fold_in(key, k), j).
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ import jax.numpy as jnp
 
 from arjax.nn.models.hmar import HMAR
 from arjax.nn.tokenizers.msvq import MultiScaleVQVAE
-from arjax.ops import scales
-from arjax.sample.filters import top_k_top_p_filter
+from arjax.sample.filters import draw
+from arjax.sample.next_scale import VARSampler, twice
 
 
 def fixed_counts(n: int, steps: int) -> tuple[int, ...]:
@@ -31,20 +33,47 @@ def fixed_counts(n: int, steps: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _draw(keys, logits, si: int, step: int, top_k: int, top_p: float):
-    """One token per position from each sample's own key; returns tokens and their probabilities."""
-    logits = top_k_top_p_filter(logits, top_k, top_p)
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, si), step))(keys)
-    idx = jax.vmap(lambda k, lg: jax.random.categorical(k, lg, axis=-1))(step_keys, logits).astype(jnp.int32)
-    prob = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), idx[..., None], axis=-1)[..., 0]
-    return idx, prob
-
-
 def _keep_confident(known, conf, count: int):
     """known | the `count` most confident positions (known ones count as most confident)."""
     conf = jnp.where(known, jnp.inf, conf)
     rank = jnp.argsort(jnp.argsort(-conf, axis=-1), axis=-1)
     return known | (rank < count)
+
+
+def _prob(filtered, idx):
+    """Probability of each drawn token under the (filtered) distribution it was drawn from."""
+    return jnp.take_along_axis(jax.nn.softmax(filtered, axis=-1), idx[..., None], axis=-1)[..., 0]
+
+
+class HMARSampler(VARSampler):
+    """HMAR on the shared loop: no KV cache (each scale sees only its own input), and the masked steps
+    within a scale. The trunk output of a scale is computed once and shared by every step."""
+
+    def __init__(self, tokenizer, model, labels, keys, *, steps, **kw):
+        super().__init__(tokenizer, model, labels, keys, **kw)
+        self.steps, self.step_counts = steps, []
+
+    def scale_logits(self, si):
+        nxt = None if si == 0 else twice(self.nxt.reshape(self.b, -1, self.model.cfg.cvae))
+        self.x = self.model.scale_input(self.cond, si, nxt)
+        self.h = self.model.scale_trunk(self.cond, self.x)
+        return self.model.next_scale_head(self.h, self.cond, mask="none", impl=self.model.cfg.attn_impl)
+
+    def within_scale(self, si, idx, filtered, forced):
+        s, e = self.bounds[si]
+        plan = fixed_counts(e - s, self.steps[si])
+        known = _keep_confident(forced, _prob(filtered, idx), plan[0])
+        counts = [jnp.sum(known, -1) - jnp.sum(forced, -1)]
+        for j in range(1, self.steps[si]):
+            logits = self.guide(self.model.scale_masked_logits(self.cond, self.x, twice(idx), twice(~known), h=self.h),
+                                si)
+            new, filtered = draw(self.keys, logits, self.top_k, self.top_p, si, j)
+            idx = jnp.where(known, idx, new)
+            now = _keep_confident(known, _prob(filtered, new), plan[j])
+            counts.append(jnp.sum(now, -1) - jnp.sum(known, -1))
+            known = now
+        self.step_counts.append(jnp.stack(counts, axis=1).astype(jnp.int32))
+        return idx
 
 
 def sample_hmar(tokenizer: MultiScaleVQVAE, model: HMAR, labels, keys, *, steps=None, cfg: float = 1.5,
@@ -59,49 +88,12 @@ def sample_hmar(tokenizer: MultiScaleVQVAE, model: HMAR, labels, keys, *, steps=
     are never re-masked (inpainting / editing).
     """
     mcfg = model.cfg
-    pns, b, n_scales = mcfg.patch_nums, labels.shape[0], len(mcfg.patch_nums)
+    n_scales = len(mcfg.patch_nums)
     steps = (1,) * n_scales if steps is None else tuple(int(s) for s in steps)
     if len(steps) != n_scales or min(steps) < 1:
         raise ValueError(f"steps needs one int >= 1 per scale ({n_scales}); got {steps}")
     if max(steps) > 1 and not mcfg.mask_blocks:
         raise ValueError("steps > 1 need the masked branch; this HMAR has mask_blocks=0")
-    if forced_mask is None:
-        forced_mask = jnp.zeros((b, mcfg.seq_len), bool)
-        forced_tokens = jnp.zeros((b, mcfg.seq_len), jnp.int32)
-    forced_tokens = jnp.asarray(forced_tokens, jnp.int32)
-
-    def twice(a):  # conditional rows first, then unconditional
-        return jnp.concatenate([a, a], axis=0)
-
-    def guide(logits, t):
-        return (1 + t) * logits[:b] - t * logits[b:]
-
-    cond = model.class_cond(jnp.concatenate([labels, jnp.full_like(labels, mcfg.num_classes)]))
-    f_hat = jnp.zeros((b, pns[-1], pns[-1], mcfg.cvae), jnp.float32)
-    codebook = tokenizer.quantize.embedding[...]
-    nxt, tokens, top2, step_counts = None, [], [], []
-    for si, ((s, e), pn) in enumerate(zip(scales.begin_ends(pns), pns)):
-        t = cfg * si / max(n_scales - 1, 1)
-        x = model.scale_input(cond, si, None if si == 0 else twice(nxt.reshape(b, -1, mcfg.cvae)))
-        forced, forced_tok = forced_mask[:, s:e], forced_tokens[:, s:e]
-        plan = fixed_counts(e - s, steps[si])
-
-        h = model.scale_trunk(cond, x)  # shared by the next-scale head and every masked step
-        logits = guide(model.next_scale_head(h, cond, mask="none", impl=mcfg.attn_impl), t)
-        top2.append(jax.lax.top_k(logits, 2)[0])
-        idx, prob = _draw(keys, logits, si, 0, top_k, top_p)
-        idx = jnp.where(forced, forced_tok, idx)
-        known = _keep_confident(forced, prob, plan[0])
-        counts = [jnp.sum(known, -1) - jnp.sum(forced, -1)]
-        for j in range(1, steps[si]):
-            logits = guide(model.scale_masked_logits(cond, x, twice(idx), twice(~known), h=h), t)
-            new, prob = _draw(keys, logits, si, j, top_k, top_p)
-            idx = jnp.where(known, idx, new)
-            now = _keep_confident(known, prob, plan[j])
-            counts.append(jnp.sum(now, -1) - jnp.sum(known, -1))
-            known = now
-        tokens.append(idx)
-        step_counts.append(jnp.stack(counts, axis=1).astype(jnp.int32))
-        f_hat, nxt = tokenizer.quantize.next_input(si, f_hat, jnp.take(codebook, idx, axis=0).reshape(b, pn, pn, -1))
-    images = (tokenizer.fhat_to_img(f_hat) + 1) * 0.5
-    return images, jnp.concatenate(tokens, axis=1), jnp.concatenate(top2, axis=1), step_counts
+    sampler = HMARSampler(tokenizer, model, labels, keys, steps=steps, cfg=cfg, top_k=top_k, top_p=top_p,
+                          forced_tokens=forced_tokens, forced_mask=forced_mask)
+    return (*sampler.run(), sampler.step_counts)

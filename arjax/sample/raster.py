@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from arjax.nn.models.llamagen import LlamaGen
 from arjax.nn.tokenizers.flexvq import FlexVQVAE
-from arjax.sample.filters import top_k_top_p_filter
+from arjax.sample.filters import check_forced, draw
 
 
 def sample_raster(tokenizer: FlexVQVAE, model: LlamaGen, labels, keys, *, cfg: float = 4.0, cfg_interval: int = -1,
@@ -32,13 +32,7 @@ def sample_raster(tokenizer: FlexVQVAE, model: LlamaGen, labels, keys, *, cfg: f
     """
     mcfg = model.cfg
     b, n = labels.shape[0], mcfg.block_size
-    if (forced_tokens is None) != (forced_mask is None):
-        raise ValueError("forced_tokens and forced_mask must be given together")
-    if forced_tokens is not None and forced_tokens.shape != (b, n):
-        raise ValueError(f"forced_tokens has shape {forced_tokens.shape}; expected {(b, n)}")
-    if forced_tokens is None:
-        forced_tokens, forced_mask = jnp.zeros((b, n), jnp.int32), jnp.zeros((b, n), bool)
-    forced_tokens, forced_mask = jnp.asarray(forced_tokens, jnp.int32), jnp.asarray(forced_mask, bool)
+    forced_tokens, forced_mask = check_forced(forced_tokens, forced_mask, b, n)
     labels = jnp.concatenate([labels, jnp.full_like(labels, mcfg.num_classes)])
     top_p = top_p if top_p < 1.0 else 0.0
     cls_x = model.embed_classes(labels)
@@ -52,12 +46,7 @@ def sample_raster(tokenizer: FlexVQVAE, model: LlamaGen, labels, keys, *, cfg: f
         on = (cfg > 1.0) & ((cfg_interval == -1) | (t <= cfg_interval + 1))
         logits = jnp.where(on, uncond + (cond - uncond) * cfg, cond)
         top2 = jax.lax.top_k(logits, 2)[0]
-        if top_k == 1:  # the reference's draw from a one-hot distribution; ties go to the first index
-            idx = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        else:
-            logits = top_k_top_p_filter(logits / max(temperature, 1e-5), top_k, top_p)
-            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
-            idx = jax.vmap(lambda k, lg: jax.random.categorical(k, lg))(step_keys, logits).astype(jnp.int32)
+        idx, _ = draw(keys, logits / max(temperature, 1e-5), top_k, top_p, t)
         idx = jnp.where(forced_mask[:, t], forced_tokens[:, t], idx)
         return (jnp.concatenate([idx, idx]), caches), (idx, top2)
 

@@ -76,8 +76,8 @@ class GeneratorTask(abc.ABC):
     def member_info(cls) -> members.Member:
         return members.member(cls.name)
 
-    @staticmethod
-    def tokenizer_fields(tok_cfg) -> dict:
+    @classmethod
+    def tokenizer_fields(cls, tok_cfg) -> dict:
         """Model config fields the tokenizer decides (next-scale members: codes, code width, schedule)."""
         return {"vocab_size": tok_cfg.vocab_size, "cvae": tok_cfg.z_channels, "patch_nums": tok_cfg.patch_nums}
 
@@ -283,17 +283,22 @@ def train_schedules(full, count: int, min_scales: int, seed: int) -> list[tuple[
     return out
 
 
+def one_scale_fields(member: str, tok_cfg) -> dict:
+    """Model fields of a member over a one-scale VQ tokenizer (the latent grid as one raster of tokens)."""
+    if len(tok_cfg.patch_nums) != 1:
+        raise ValueError(f"{member} trains on a one-scale VQ tokenizer (tokenizer.patch_nums=(grid,)); "
+                         f"this one has the schedule {tuple(tok_cfg.patch_nums)}")
+    return {"vocab_size": tok_cfg.vocab_size, "block_size": tok_cfg.patch_nums[0] ** 2}
+
+
 class LlamaGenTask(GeneratorTask):
     """LlamaGen: raster-order next-token prediction; mean cross-entropy over all tokens, as train_c2i.py.
     Class dropout replaces labels by the null class (model.num_classes) at rate loss.class_dropout."""
     name = "llamagen"
 
-    @staticmethod
-    def tokenizer_fields(tok_cfg) -> dict:
-        if len(tok_cfg.patch_nums) != 1:
-            raise ValueError(f"llamagen trains on a one-scale VQ tokenizer (tokenizer.patch_nums=(grid,)); "
-                             f"this one has the schedule {tuple(tok_cfg.patch_nums)}")
-        return {"vocab_size": tok_cfg.vocab_size, "block_size": tok_cfg.patch_nums[0] ** 2}
+    @classmethod
+    def tokenizer_fields(cls, tok_cfg) -> dict:
+        return one_scale_fields(cls.name, tok_cfg)
 
     def member_loss(self, model, tok, tokens, labels, key, step, phase, x_in=None):
         logits = model(labels, tokens)

@@ -28,8 +28,28 @@ def find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - n % k
 
 
+class LlamaDims:
+    """The sizes a config of Llama blocks derives from its fields (dim, n_head, block_size, multiple_of,
+    ffn_dim_multiplier): shared by LlamaGen's and MaskGIT's configs."""
+
+    @property
+    def grid(self) -> int:
+        return math.isqrt(self.block_size)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        hidden = int(2 * 4 * self.dim / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return find_multiple(hidden, self.multiple_of)
+
+
 @dataclasses.dataclass(frozen=True)
-class LlamaGenConfig:
+class LlamaGenConfig(LlamaDims):
     dim: int = 768
     n_layer: int = 12
     n_head: int = 12
@@ -59,21 +79,6 @@ class LlamaGenConfig:
             raise ValueError(f"block_size={self.block_size} image tokens is not a square grid")
         if self.cls_token_num != 1:  # the class embedder yields one token; several are the text model's prefix
             raise ValueError(f"class-conditional LlamaGen has one class token; got cls_token_num={self.cls_token_num}")
-
-    @property
-    def grid(self) -> int:
-        return math.isqrt(self.block_size)
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_head
-
-    @property
-    def ffn_hidden(self) -> int:
-        hidden = int(2 * 4 * self.dim / 3)
-        if self.ffn_dim_multiplier is not None:
-            hidden = int(self.ffn_dim_multiplier * hidden)
-        return find_multiple(hidden, self.multiple_of)
 
     @property
     def seq_len(self) -> int:
@@ -150,8 +155,10 @@ def _linear(din, dout, rngs, dtype, init=nnx.initializers.normal(0.02)):
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: LlamaGenConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: LlamaGenConfig, *, rngs: nnx.Rngs, mask: str = "causal"):
+        # mask: "causal" (LlamaGen) or "none" (bidirectional, MaskGIT), for the uncached path
         self.n_head, self.n_kv_head, self.head_dim, self.impl = cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.attn_impl
+        self.mask = mask
         dtype = jnp.dtype(cfg.dtype)
         # output rows [q (n_head * hd); k (n_kv_head * hd); v (n_kv_head * hd)], as the reference's wqkv
         self.wqkv = _linear(cfg.dim, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, rngs, dtype)
@@ -162,7 +169,7 @@ class Attention(nnx.Module):
         return jnp.repeat(x, self.n_head // self.n_kv_head, axis=2) if self.n_head != self.n_kv_head else x
 
     def __call__(self, x, rope, *, cache=None, pos=None):
-        """x (B, L, C), rope (L, D/2, 2) of x's positions. Without a cache: causal attention over x.
+        """x (B, L, C), rope (L, D/2, 2) of x's positions. Without a cache: attention over x under `mask`.
         With cache (k, v) (B, S, Hkv, D) and start position `pos`: x's keys are written at pos..pos+L-1
         and queries see every slot up to their own; returns (out, updated cache)."""
         b, l, _ = x.shape
@@ -172,7 +179,7 @@ class Attention(nnx.Module):
         k = apply_rope(qkv[..., hq:hq + hk].reshape(b, l, -1, d), rope)
         v = qkv[..., hq + hk:].reshape(b, l, -1, d)
         if cache is None:
-            out = attention(q, self._heads(k), self._heads(v), mask="causal", impl=self.impl)
+            out = attention(q, self._heads(k), self._heads(v), mask=self.mask, impl=self.impl)
         else:
             k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), pos, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), pos, axis=1)
@@ -195,8 +202,8 @@ class FeedForward(nnx.Module):
 
 
 class TransformerBlock(nnx.Module):
-    def __init__(self, cfg: LlamaGenConfig, *, rngs: nnx.Rngs):
-        self.attention = Attention(cfg, rngs=rngs)
+    def __init__(self, cfg: LlamaGenConfig, *, rngs: nnx.Rngs, mask: str = "causal"):
+        self.attention = Attention(cfg, rngs=rngs, mask=mask)
         self.feed_forward = FeedForward(cfg, rngs=rngs)
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
