@@ -158,7 +158,7 @@ def cmd_plan(args) -> None:
             print(plan.format_variants(rows, args.max_batch))
         return
     devices = plan.topology_devices(topology) if topology else None
-    p = plan.plan(cfg, devices, hbm_gib=args.hbm_gib)
+    p = plan.plan(cfg, devices, hbm_gib=args.hbm_gib, flops=not args.no_flops)
     search = plan.max_batch(req, p, args.max_compiles) if args.max_batch else None
     if args.json:
         print(json.dumps({"plan": p.to_dict(), "max_batch": search.to_dict() if search else None}))
@@ -365,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--hbm-gib", type=float, default=None, help="plan as if each chip let XLA use only this "
                     "many GiB of HBM (headroom; --topology only)")
     pl.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    pl.add_argument("--no-flops", action="store_true", help="do not count FLOPs (faster; the --max-batch "
+                    "search's candidates use it)")
     pl.set_defaults(fn=cmd_plan)
 
     e = sub.add_parser("eval", help="evaluate: FID/sFID/IS/precision/recall (ADM), tokenizer reconstructions, "

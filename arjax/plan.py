@@ -259,7 +259,8 @@ class Plan:
     input_bytes: int = 0       # per device: state + constants + batch, from the shardings (compiled or not)
     state_bytes: int = 0       # per device: the whole train state (the part that does not grow with the batch)
     flops_source: str = "compiled"   # "lowered": HLO before partitioning / devices, when it did not fit;
-                                     # "unrolled": the same, of the step with its scanned layers unrolled
+                                     # "unrolled": the same, of the step with its scanned layers unrolled;
+                                     # "skipped": not counted (flops=False)
     compile_seconds: float = 0.0
     compiled: object = dataclasses.field(default=None, repr=False, compare=False)  # keep_compiled=True
     attn_impl: str | None = None
@@ -298,12 +299,13 @@ class Plan:
         return d
 
 
-def plan(cfg, devices=None, *, hbm_gib: float | None = None, keep_compiled: bool = False) -> Plan:
+def plan(cfg, devices=None, *, hbm_gib: float | None = None, keep_compiled: bool = False, flops: bool = True) -> Plan:
     """Compile `cfg`'s train step for a ("data", "fsdp", "tensor") mesh over `devices` (default: this
     process's devices; `topology_devices(...)` for a TPU topology). A step that does not fit the TPU's
     HBM is a Plan with fits=False and what it needs, not an error. `hbm_gib`: plan as if each chip had
     this much HBM usable (TPU only, see `compiler_options`). `keep_compiled`: the Plan holds the compiled
-    step (`.compiled`, e.g. to read its HLO)."""
+    step (`.compiled`, e.g. to read its HLO). `flops=False` skips counting FLOPs (0; the batch search's
+    candidates need only memory, and counting a scanned step unrolled costs another lowering)."""
     import jax
     import numpy as np
 
@@ -344,7 +346,9 @@ def plan(cfg, devices=None, *, hbm_gib: float | None = None, keep_compiled: bool
                 p.needed_bytes, p.usable_bytes = parsed
     p.compile_seconds = time.time() - t0
     scanned = bool((cfg.get("model") or {}).get("scan_layers"))
-    if compiled is None or scanned:
+    if not flops:
+        p.flops_source = "skipped"
+    elif compiled is None or scanned:
         # FLOPs of the step before partitioning, shared evenly. XLA's cost analysis counts a loop body once,
         # so a step whose layers are scanned is counted unrolled (and with XLA attention, which it can count)
         flops = _unrolled_flops(cfg, mesh) if scanned else _lowered_flops(lowered)
@@ -356,7 +360,7 @@ def plan(cfg, devices=None, *, hbm_gib: float | None = None, keep_compiled: bool
     mem = compiled.memory_analysis()
     p.argument_bytes, p.output_bytes = mem.argument_size_in_bytes, mem.output_size_in_bytes
     p.alias_bytes, p.temp_bytes = mem.alias_size_in_bytes, mem.temp_size_in_bytes
-    if not scanned:
+    if flops and not scanned:
         p.flops = _flops(compiled)
     if chip:
         p.fits = True  # XLA:TPU refuses to compile what does not fit
@@ -538,7 +542,8 @@ def format_plan(p: Plan, cfg) -> str:
             approx = "~" if not compiled and name.startswith("step temporaries") else ""
             lines.append(f"  {name:46s} {approx + f'{v / mib:,.3f}':>12s}")
     src = {"compiled": "", "lowered": " [before partitioning / devices]",
-           "unrolled": " [layers unrolled, XLA attention; before partitioning / devices]"}[p.flops_source]
+           "unrolled": " [layers unrolled, XLA attention; before partitioning / devices]",
+           "skipped": " [not counted: --no-flops]"}[p.flops_source]
     lines.append(f"  {'TFLOPs per step (this device)':46s} {_tflops(p.flops):>12s}{src}")
     lines.append(f"  {'TFLOPs per step (all devices)':46s} {_tflops(p.flops * p.devices):>12s}")
     lines.append(verdict(p))
@@ -730,7 +735,7 @@ def max_batch(req: Request, base: Plan, max_compiles: int = 8) -> BatchSearch:
     def evaluate(k: int):
         t0 = time.time()
         b = k * unit
-        r = run_child(req, overrides=[f"batch_size={b * shards}"])
+        r = run_child(req, overrides=[f"batch_size={b * shards}"], extra=["--no-flops"])
         if "error" in r:
             raise ValueError(f"planning per-chip batch {b} failed: {r['error']}")
         p = r["plan"]

@@ -1,16 +1,19 @@
-"""VAR, HMAR and FlexVAR on equal footing, and HMAR's training step against VAR's at 256 px.
+"""The family (VAR, HMAR, FlexVAR, LlamaGen, MaskGIT) on equal footing, and HMAR's training step against
+VAR's at 256 px.
 
     python benchmarks/family.py --out runs/family           # train all (resumable), measure, evaluate
     python benchmarks/family.py --only step256              # just the 256 px step-time comparison
 
-Part 1 trains the two tokenizers and the three members with `configs/family.py` (same data, batch,
-optimiser, step budget and transformer size; `--steps` overrides the budget), then for each member:
+Part 1 trains the three tokenizers (VAR's residual one for VAR and HMAR, FlexVAR's, and its one-scale
+form for LlamaGen and MaskGIT) and the five members with `configs/family.py` (same data, batch, optimiser,
+step budget and transformer size; `--steps` overrides the budget), then for each member:
 
 * train step: median wall time of the jitted trainer step (`arjax.train.trainer.make_train_step`: loss,
   gradients, AdamW update) on a batch of cached-token shape, after compilation; FlexVAR on its full
   schedule (its sub-schedules are shorter, so its average step is cheaper);
 * step memory: the compiled step's XLA memory analysis (arguments + outputs + temporaries);
-* sampling: seconds per image for a batch of 50 after compilation (`Pipeline.sample`);
+* sampling: seconds per image for a batch of 50 after compilation (`Pipeline.sample`), with the member's
+  sampler options from its config, and the sequential model calls per image (scales, tokens or steps);
 * quality: `arjax eval`'s class accuracy and Frechet distance (`--eval-per-class` per class).
 
 Part 2 times the forward+backward of VAR and HMAR transformers of one size on the 256 px schedule
@@ -33,8 +36,9 @@ import numpy as np
 from flax import nnx
 
 CONFIG = "configs/family.py"
-MEMBERS = ("var", "hmar", "flexvar")
-TOKENIZER_OF = {"var": "tokenizer", "hmar": "tokenizer", "flexvar": "flex_tokenizer"}
+MEMBERS = ("var", "hmar", "flexvar", "llamagen", "maskgit")
+TOKENIZER_OF = {"var": "tokenizer", "hmar": "tokenizer", "flexvar": "flex_tokenizer", "llamagen": "vq_tokenizer",
+                "maskgit": "vq_tokenizer"}
 
 
 def parse_args(argv=None):
@@ -63,7 +67,7 @@ def median_time(fn, n: int) -> float:
 # -- part 1 ----------------------------------------------------------------------------------------
 def train_all(out: Path, steps: int) -> None:
     from arjax.cli import _train_stage
-    for stage in ("tokenizer", "flex_tokenizer"):
+    for stage in dict.fromkeys(TOKENIZER_OF.values()):
         _train_stage(f"{CONFIG}:{stage}", out / stage)
     for m in MEMBERS:
         sets = [f"tokenizer_dir={out / TOKENIZER_OF[m] / 'model'}"] + ([f"steps={steps}"] if steps else [])
@@ -104,8 +108,20 @@ def sample_cost(pipe, options: dict) -> float:
     return median_time(lambda: pipe.sample(labels, seed=1, **options), 3) / len(labels)
 
 
+def forwards(member: str, pipe, opts: dict) -> int:
+    """Sequential model calls per image (each over the image's conditional and unconditional rows)."""
+    if member == "hmar":
+        return sum(opts.get("steps") or (1,) * len(pipe.schedule()))
+    if member == "llamagen":
+        return pipe.cfg.block_size
+    if member == "maskgit":
+        return opts.get("iterations", 8)
+    return len(pipe.schedule(opts.get("patch_nums")))
+
+
 def part1(args) -> list[dict]:
     import arjax
+    from arjax import members
     from arjax.config import load_config
     from arjax.eval.run import evaluate_pipeline
     out = Path(args.out)
@@ -117,9 +133,10 @@ def part1(args) -> list[dict]:
         pipe = arjax.load(out / m / "model")
         summary = json.loads((out / m / "summary.json").read_text())
         sec, nbytes = step_cost(m, out, args.timed_steps)
-        variants = [("", {})]
-        if m == "flexvar":
-            variants = [("", {"cfg_style": s.cfg_style})]
+        # the member's sampler options as its config sets them (unset / empty: the sampler's default)
+        opts = {f.name: s[f.name] for f in dataclasses.fields(members.member(m).options_cls)
+                if f.name in s and s[f.name] not in (None, ())}
+        variants = [("", opts)]
         if m == "hmar":
             variants.append((f", masked steps {args.hmar_steps}", {"steps": hmar_steps}))
         for suffix, opts in variants:
@@ -128,19 +145,20 @@ def part1(args) -> list[dict]:
                                        log=lambda *_: None, sample_options=opts)
             rows.append(dict(member=m + suffix, params=sum(x.size for x in jax.tree.leaves(pipe.state)),
                              steps=summary["steps"], step_ms=sec * 1e3, step_mib=nbytes / 2 ** 20,
-                             sample_ms=sample_cost(pipe, opts) * 1e3, acc=report["class_accuracy"],
+                             sample_ms=sample_cost(pipe, opts) * 1e3, forwards=forwards(m, pipe, opts),
+                             acc=report["class_accuracy"],
                              fd=report["frechet_distance"]))
             print(rows[-1], flush=True)
     return rows
 
 
 def print_part1(rows) -> None:
-    print("\n| member | params | steps | train step (ms) | step memory (MiB) | sampling (ms/image) | class accuracy | "
-          "Frechet distance |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| member | params | steps | train step (ms) | step memory (MiB) | sampling (ms/image) | forwards/image | "
+          "class accuracy | Frechet distance |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['member']} | {r['params'] / 1e6:.2f}M | {r['steps']} | {r['step_ms']:.1f} | {r['step_mib']:.1f} | "
-              f"{r['sample_ms']:.1f} | {r['acc']:.1f}% | {r['fd']:.1f} |")
+              f"{r['sample_ms']:.1f} | {r['forwards']} | {r['acc']:.1f}% | {r['fd']:.1f} |")
 
 
 # -- part 2 ----------------------------------------------------------------------------------------

@@ -16,12 +16,6 @@ from arjax.train.generator_tasks import train_schedules
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILY = str(REPO / "configs" / "family.py")
-PNS = (1, 2, 3, 4)
-TINY = ["batch_size=4", "log_every=1", "sample_every=0", "checkpoint.every=4", "optim.warmup_steps=2",
-        "data.kwargs.num_examples=64", "sample.preview_classes=2", "sample.preview_per_class=1"]
-TINY_TOKENIZER = ["tokenizer.ch_mult=(1,2,2)", f"tokenizer.patch_nums={PNS}", "tokenizer.vocab_size=64",
-                  "tokenizer.z_channels=8", "tokenizer.ch=32"]
-TINY_MODEL = ["model.depth=2", "model.embed_dim=32", "model.num_heads=2"]
 
 
 def test_train_schedules_keep_the_ends_and_are_distinct():
@@ -71,10 +65,9 @@ def flex_run(tmp_path_factory):
     from arjax.train.trainer import train
     root = tmp_path_factory.mktemp("flex")
     # a 3-scale tokenizer without mid attention: its step decodes every scale, which dominates compile time
-    tok = train(load_config(f"{FAMILY}:flex_tokenizer", [*TINY, *TINY_TOKENIZER, "tokenizer.patch_nums=(1,2,4)",
-                                                         "tokenizer.using_mid_sa=False", "steps=4"]),
+    tok = train(load_config(f"{FAMILY}:flex_tokenizer:tiny", ["tokenizer.patch_nums=(1,2,4)", "steps=4"]),
                 root / "tok", progress=False)
-    cfg = load_config(f"{FAMILY}:flexvar", [*TINY, *TINY_MODEL, "steps=24", "optim.base_lr=2e-2",
+    cfg = load_config(f"{FAMILY}:flexvar:tiny", ["steps=24", "optim.base_lr=2e-2",
                                             f"tokenizer_dir={tok['model_dir']}", "model.pos_grid=8",
                                             "model.max_pn=4", "flex.min_scales=2",
                                             "flex.num_schedules=2"])  # two compiled steps
@@ -102,7 +95,7 @@ def test_flexvar_trains_and_samples_at_another_resolution(flex_run):
 def test_hmar_trains_and_its_masked_schedule_changes_at_sampling(tmp_path, tiny_tokenizer_dir):
     from arjax.sample.hmar import fixed_counts, sample_hmar
     from arjax.train.trainer import train
-    cfg = load_config(f"{FAMILY}:hmar", [*TINY, *TINY_MODEL, "steps=4", f"tokenizer_dir={tiny_tokenizer_dir}"])
+    cfg = load_config(f"{FAMILY}:hmar:tiny", ["steps=4", f"tokenizer_dir={tiny_tokenizer_dir}"])
     summary = train(cfg, tmp_path / "hmar", progress=False)
     assert summary["finished"] and {"loss_next", "loss_mask"} <= set(summary["metrics"])
     pipe = arjax.load(summary["model_dir"])
@@ -130,11 +123,9 @@ def test_llamagen_trains_samples_and_edits(tmp_path):
     """The raster member through the generic trainer and pipeline: a one-scale VQ tokenizer, then the GPT
     (loss falls), `arjax.load`, sampling with its own options, teacher-forced logits and editing."""
     from arjax.train.trainer import train
-    tok = train(load_config(f"{FAMILY}:vq_tokenizer", [*TINY, *TINY_TOKENIZER, "tokenizer.patch_nums=(4,)",
-                                                       "tokenizer.using_mid_sa=False", "steps=4"]),
+    tok = train(load_config(f"{FAMILY}:vq_tokenizer:tiny", ["steps=4"]),
                 tmp_path / "tok", progress=False)
-    cfg = load_config(f"{FAMILY}:llamagen", [*TINY, "steps=30", "optim.base_lr=2e-2", "model.dim=32",
-                                             "model.n_layer=2", "model.n_head=2", f"tokenizer_dir={tok['model_dir']}"])
+    cfg = load_config(f"{FAMILY}:llamagen:tiny", ["steps=30", "optim.base_lr=2e-2", f"tokenizer_dir={tok['model_dir']}"])
     summary = train(cfg, tmp_path / "gpt", progress=False)
     hist = [h["loss"] for h in summary["history"]]
     assert summary["finished"] and np.mean(hist[-6:]) < np.mean(hist[:6])

@@ -294,15 +294,13 @@ def test_cli_trains_samples_and_edits(tmp_path, capsys):
 
     import arjax
     from arjax import cli
-    from test_family import TINY, TINY_TOKENIZER
     sets = lambda items: [a for s in items for a in ("--set", s)]  # noqa: E731
     tok_dir, gen_dir = tmp_path / "tok", tmp_path / "maskgit"
-    assert cli.main(["train", "--config", f"{FAMILY}:vq_tokenizer", "--workdir", str(tok_dir),
-                     *sets([*TINY, *TINY_TOKENIZER, "tokenizer.patch_nums=(4,)", "tokenizer.using_mid_sa=False",
-                            "steps=4"])]) == 0
-    assert cli.main(["train", "--config", f"{FAMILY}:maskgit", "--workdir", str(gen_dir),
-                     *sets([*TINY, "steps=30", "optim.base_lr=2e-2", "model.dim=32", "model.n_layer=2",
-                            "model.n_head=2", "sample.iterations=4", f"tokenizer_dir={tok_dir / 'model'}"])]) == 0
+    assert cli.main(["train", "--config", f"{FAMILY}:vq_tokenizer:tiny", "--workdir", str(tok_dir),
+                     *sets(["steps=4"])]) == 0
+    assert cli.main(["train", "--config", f"{FAMILY}:maskgit:tiny", "--workdir", str(gen_dir),
+                     *sets(["steps=30", "optim.base_lr=2e-2", "sample.iterations=4",
+                            f"tokenizer_dir={tok_dir / 'model'}"])]) == 0
     summary = json.loads((gen_dir / "summary.json").read_text())
     hist = [h["loss"] for h in summary["history"]]
     assert summary["finished"] and np.mean(hist[-6:]) < np.mean(hist[:6])

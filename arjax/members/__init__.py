@@ -22,11 +22,14 @@ MEMBERS = {  # name -> module defining MEMBER
     "maskgit": "arjax.members.maskgit",
 }
 
+_TINY_VQ = (("ch", 32), ("ch_mult", (1, 2, 2)), ("num_res_blocks", 1), ("z_channels", 8), ("vocab_size", 64), ("patch_nums", (1, 2, 3, 4)),
+            ("using_mid_sa", False))
 TOKENIZERS = {
     "msvq": TokenizerKind("msvq", "arjax.nn.tokenizers.msvq.MultiScaleVQVAE", "arjax.nn.tokenizers.msvq.VQVAEConfig",
-                          task="arjax.train.tasks.TokenizerTask", task_name="tokenizer"),
+                          task="arjax.train.tasks.TokenizerTask", task_name="tokenizer", tiny=_TINY_VQ),
     "flexvq": TokenizerKind("flexvq", "arjax.nn.tokenizers.flexvq.FlexVQVAE", "arjax.nn.tokenizers.flexvq.FlexVQConfig",
-                            task="arjax.train.tasks.FlexTokenizerTask", task_name="flex_tokenizer", any_schedule=True),
+                            task="arjax.train.tasks.FlexTokenizerTask", task_name="flex_tokenizer", any_schedule=True,
+                            tiny=(*_TINY_VQ, ("enc_channels", 8))),
 }
 
 META_KEY = "family"  # arjax.json's key naming the member (or, for a tokenizer alone, the tokenizer kind)
@@ -58,11 +61,15 @@ def member_of(meta: dict) -> Member:
         raise ValueError(f"arjax.json: {META_KEY!r}: {e}") from None
 
 
+def tokenizer_kind_of_task(task: str) -> TokenizerKind | None:
+    """The tokenizer kind a config's `task` trains, if it trains a tokenizer."""
+    return next((k for k in TOKENIZERS.values() if k.task_name == task), None)
+
+
 def task_class(task: str):
     """The training task a config's `task` names: a member's name or a tokenizer kind's task_name."""
-    for kind in TOKENIZERS.values():
-        if task == kind.task_name:
-            return resolve(kind.task)
+    if kind := tokenizer_kind_of_task(task):
+        return resolve(kind.task)
     if task in MEMBERS:
         return member(task).task_cls
     known = sorted([*MEMBERS, *(k.task_name for k in TOKENIZERS.values())])

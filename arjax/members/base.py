@@ -23,6 +23,7 @@ class TokenizerKind:
     task: str                  # "pkg.mod.Class": trains it (`arjax train` with task = `task_name`)
     task_name: str             # the config's `task` value for training it
     any_schedule: bool = False  # encode / decode take a scale schedule at call time
+    tiny: tuple = ()           # (config key, value) pairs of its small size (`file.py:stage:tiny`)
 
     @property
     def cls(self):
@@ -47,6 +48,7 @@ class Member:
     options: str                # SamplerOptions subclass: the sampler's member-specific keywords
     converter: str = ""         # module with HELP, add_arguments(parser), run(args) -> model directory
     any_schedule: bool = False  # the model and tokenizer take a scale schedule at call time
+    tiny: tuple = ()            # (model config key, value) pairs of its small size (`file.py:stage:tiny`)
 
     @property
     def cls(self):

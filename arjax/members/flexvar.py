@@ -30,4 +30,5 @@ MEMBER = Member(
     name="flexvar", module="arjax.nn.models.flexvar.FlexVAR", config="arjax.nn.models.flexvar.FlexVARConfig",
     tokenizer="flexvq", task="arjax.train.generator_tasks.FlexVARTask",
     sampler="arjax.sample.flexvar.sample_flexvar", logits="arjax.members.flexvar.logits",
-    options="arjax.members.flexvar.FlexVAROptions", converter="arjax.convert.flexvar", any_schedule=True)
+    options="arjax.members.flexvar.FlexVAROptions", converter="arjax.convert.flexvar", any_schedule=True,
+    tiny=(("depth", 2), ("embed_dim", 32), ("num_heads", 2)))

@@ -23,4 +23,5 @@ class HMAROptions(SamplerOptions):
 MEMBER = Member(
     name="hmar", module="arjax.nn.models.hmar.HMAR", config="arjax.nn.models.hmar.HMARConfig", tokenizer="msvq",
     task="arjax.train.generator_tasks.HMARTask", sampler="arjax.sample.hmar.sample_hmar",
-    logits="arjax.members.var.logits", options="arjax.members.hmar.HMAROptions")
+    logits="arjax.members.var.logits", options="arjax.members.hmar.HMAROptions",
+    tiny=(("depth", 2), ("embed_dim", 32), ("num_heads", 2)))

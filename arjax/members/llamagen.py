@@ -30,4 +30,5 @@ MEMBER = Member(
     name="llamagen", module="arjax.nn.models.llamagen.LlamaGen", config="arjax.nn.models.llamagen.LlamaGenConfig",
     tokenizer="flexvq", task="arjax.train.generator_tasks.LlamaGenTask", sampler="arjax.sample.raster.sample_raster",
     logits="arjax.members.llamagen.logits", options="arjax.members.llamagen.LlamaGenOptions",
-    converter="arjax.convert.llamagen")
+    converter="arjax.convert.llamagen",
+    tiny=(("dim", 32), ("n_layer", 2), ("n_head", 2), ("multiple_of", 32)))

@@ -40,4 +40,5 @@ def logits(tokenizer, model, labels, tokens, patch_nums=None):
 MEMBER = Member(
     name="maskgit", module="arjax.nn.models.maskgit.MaskGIT", config="arjax.nn.models.maskgit.MaskGITConfig",
     tokenizer="flexvq", task="arjax.train.maskgit_task.MaskGITTask", sampler="arjax.sample.masked.sample_maskgit",
-    logits="arjax.members.maskgit.logits", options="arjax.members.maskgit.MaskGITOptions", converter="")
+    logits="arjax.members.maskgit.logits", options="arjax.members.maskgit.MaskGITOptions", converter="",
+    tiny=(("dim", 32), ("n_layer", 2), ("n_head", 2), ("multiple_of", 32)))

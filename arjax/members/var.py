@@ -20,4 +20,5 @@ def logits(tokenizer, model, labels, tokens, patch_nums=None):
 MEMBER = Member(
     name="var", module="arjax.nn.models.var.VAR", config="arjax.nn.models.var.VARConfig", tokenizer="msvq",
     task="arjax.train.generator_tasks.VARTask", sampler="arjax.sample.next_scale.sample_next_scale",
-    logits="arjax.members.var.logits", options="arjax.members.var.VAROptions", converter="arjax.convert.var")
+    logits="arjax.members.var.logits", options="arjax.members.var.VAROptions", converter="arjax.convert.var",
+    tiny=(("depth", 2), ("embed_dim", 32), ("num_heads", 2)))
