@@ -15,6 +15,7 @@ from flax import nnx
 
 from arjax import members
 from arjax.nn.init import abstract_module, create
+from arjax.ops import scales
 from arjax.ops.scales import check_schedule
 from arjax.sample import edit as editing
 from arjax.train import checkpoint
@@ -93,7 +94,7 @@ class Tokenizer:
         return check_schedule(patch_nums)
 
     def seq_len(self, patch_nums=None) -> int:
-        return sum(pn * pn for pn in self.schedule(patch_nums))
+        return scales.seq_len(self.schedule(patch_nums))
 
     def encode(self, images, patch_nums=None) -> jax.Array:
         pns = self.schedule(patch_nums)
@@ -108,8 +109,12 @@ class Tokenizer:
             return self._decode(self.state, t, pns)
 
     def var_input(self, idx, patch_nums=None) -> jax.Array:
-        """Teacher-forcing input (B, L - pn_0**2, Cvae) of a token sequence."""
+        """Next-scale teacher-forcing input (B, L - pn_0**2, Cvae) of a token sequence (next-scale members
+        only: a one-scale tokenizer's raster has no next scale to feed)."""
         pns = self.schedule(patch_nums)
+        if len(pns) < 2:
+            raise ValueError(f"var_input is the next-scale members' teacher-forcing input; this tokenizer has the "
+                             f"one scale {pns} (a raster or masked member's): there is no next scale to feed")
         t = _check_tokens(idx, self.seq_len(pns), self.cfg.vocab_size)
         with jax.default_matmul_precision(self.precision):
             return self._var_input(self.state, t, pns)

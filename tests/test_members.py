@@ -5,6 +5,8 @@ import ast
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+
 import pytest
 
 from arjax import members
@@ -89,3 +91,23 @@ def test_meta_has_one_writer():
     writers = [p for p in ARJAX.rglob("*.py") if p.parent.name != "members" and "classifier" not in p.name
                and f'"{members.META_KEY}":' in p.read_text()]
     assert not writers, f"arjax.json descriptions built by hand in {writers}"
+
+
+def test_var_input_is_for_next_scale_members_only():
+    """A one-scale (raster / masked member's) tokenizer has no next scale to feed: a clear error, where a
+    multi-scale one gives (B, L - 1, Cvae)."""
+    from arjax.config import load_config
+    from arjax.pipeline import Tokenizer
+    from arjax.nn.init import create
+    from arjax.members import tokenizer_kind
+    kind = tokenizer_kind("flexvq")
+    for stage, n in (("vq_tokenizer", 1), ("flex_tokenizer", 4)):
+        cfg = kind.config_cls(**load_config(f"configs/family.py:{stage}:tiny").tokenizer.to_dict())
+        tok = Tokenizer(create(kind.cls, cfg, 0), any_schedule=True)
+        idx = np.zeros((2, tok.seq_len()), np.int32)
+        assert len(tok.schedule()) == n
+        if n == 1:
+            with pytest.raises(ValueError, match="no next scale"):
+                tok.var_input(idx)
+        else:
+            assert tok.var_input(idx).shape == (2, tok.seq_len() - 1, cfg.z_channels)

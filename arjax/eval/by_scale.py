@@ -14,6 +14,7 @@ import numpy as np
 
 from arjax.eval.metrics import evaluate_samples
 from arjax.eval.real_data import REFERENCE_SEED, real_images01
+from arjax.ops import scales
 from arjax.eval.run import check_builtin_classes
 
 DIAGNOSIS_SEED = 4321  # its real images are neither the reference nor the floor set
@@ -31,7 +32,7 @@ def scale_diagnosis(pipe, classifier, *, count: int, seed: int, cfg: float, top_
     tokens = np.concatenate([np.asarray(pipe.tokenizer.encode(x01[s:s + batch_size] * 2 - 1, schedule))
                              for s in range(0, count, batch_size)])
     pns = pipe.schedule(schedule)
-    ends = np.cumsum([0] + [p * p for p in pns])
+    ends = [0, *(e for _, e in scales.begin_ends(pns))]
     rows = []
     for k in range(len(pns) + 1):
         known = np.broadcast_to(np.arange(tokens.shape[1]) < ends[k], tokens.shape)

@@ -47,8 +47,8 @@ class FlexVARSampler(NextScaleSampler):
 
     def guide(self, logits, si):
         if self.cfg_style == "llamagen":
-            return logits[self.b:] + (logits[:self.b] - logits[self.b:]) * self.cfg
-        t = cfg_scale(self.cfg, si, self.pns[si], len(self.pns), self.model.cfg.max_pn)
+            return logits[self.b:] + (logits[:self.b] - logits[self.b:]) * self.guidance
+        t = cfg_scale(self.guidance, si, self.pns[si], len(self.pns), self.model.cfg.max_pn)
         return (1 + t) * logits[:self.b] - t * logits[self.b:]
 
     def top_k_at(self, si):

@@ -38,7 +38,7 @@ class NextScaleSampler:
                  forced_tokens=None, forced_mask=None):
         self.tok, self.model, self.keys = tokenizer, model, keys
         self.pns, self.b = tuple(patch_nums), labels.shape[0]
-        self.cfg, self.top_k, self.top_p = cfg, top_k, top_p
+        self.guidance, self.top_k, self.top_p = cfg, top_k, top_p  # cfg: the guidance scale
         self.bounds = scales.begin_ends(self.pns)
         self.forced_tokens, self.forced_mask = check_forced(forced_tokens, forced_mask, self.b, self.bounds[-1][1])
         self.cond = model.class_cond(jnp.concatenate([labels, jnp.full_like(labels, model.cfg.num_classes)]))
@@ -64,7 +64,7 @@ class NextScaleSampler:
         raise NotImplementedError
 
     def guide(self, logits, si: int):
-        t = self.cfg * si / max(len(self.pns) - 1, 1)
+        t = self.guidance * si / max(len(self.pns) - 1, 1)
         return (1 + t) * logits[:self.b] - t * logits[self.b:]
 
     def top_k_at(self, si: int) -> int:
