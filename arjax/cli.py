@@ -54,8 +54,16 @@ def cmd_init(args) -> None:
     from arjax import members
     from arjax.config import load_config
     cfg = load_config(args.config, args.set)
-    meta = members.model_meta(cfg.family, cfg.tokenizer.to_dict(), cfg.model.to_dict(),
-                              source={"init": args.config, "seed": args.seed})
+    if "task" not in cfg or cfg.task not in members.MEMBERS:
+        raise ValueError(f"{args.config}: config key task names the member to initialise (one of "
+                         f"{sorted(members.MEMBERS)}); got {cfg.get('task')!r}")
+    if "tokenizer" in cfg:  # a model config (configs/var.py): tokenizer and model sizes in full
+        tok_cfg, model_cfg = cfg.tokenizer.to_dict(), cfg.model.to_dict()
+    else:  # a training config: the model on the tokenizer layout it plans with, as `arjax plan` builds it
+        from arjax.plan import _abstract_task
+        task = _abstract_task(cfg, members.task_class(cfg.task))
+        tok_cfg, model_cfg = task.tok_cfg, task.model_cfg
+    meta = members.model_meta(cfg.task, tok_cfg, model_cfg, source={"init": args.config, "seed": args.seed})
     out = arjax.save(arjax.build(meta, seed=args.seed), args.out)
     print(f"wrote a freshly initialised (untrained) model to {out}")
 

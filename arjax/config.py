@@ -48,14 +48,17 @@ def tiny(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             node = node.get(p) if isinstance(node, ml_collections.ConfigDict) else None
         if isinstance(node, ml_collections.ConfigDict) and leaf in node:
             node[leaf] = min(node[leaf], value) if key == "steps" else value
-    name = cfg.get("task") or cfg.get("family") or ""  # a training config's task, an `arjax init` config's member
+    name = cfg.get("task") or ""  # the member a generator config trains, or the tokenizer task
     member = members.member(name) if name in members.MEMBERS else None
     kind = members.tokenizer_kind_of_task(name) or (members.tokenizer_kind(member.tokenizer) if member else None)
-    if kind is not None and "tokenizer" in cfg:
-        one_scale = len(cfg.tokenizer.get("patch_nums", ())) == 1
+    # the tokenizer it trains or builds, or the layout a generator's recipe plans with (`plan.tokenizer`)
+    for tok in (cfg.get("tokenizer"), (cfg.get("plan") or {}).get("tokenizer")):
+        if kind is None or not isinstance(tok, ml_collections.ConfigDict):
+            continue
+        one_scale = len(tok.get("patch_nums", ())) == 1
         for key, value in kind.tiny:
-            if key in cfg.tokenizer:
-                cfg.tokenizer[key] = (value[-1],) if key == "patch_nums" and one_scale else value
+            if key in tok:
+                tok[key] = (value[-1],) if key == "patch_nums" and one_scale else value
     if member is not None and "model" in cfg:
         for key, value in member.tiny:
             if key in cfg.model:

@@ -14,7 +14,7 @@ SCHEDULES = {256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16), 512: (1, 2, 3, 4, 6, 9, 13,
 
 def get_config(arg: str = "d16") -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
-    cfg.family = "var"
+    cfg.task = "var"  # the member, as in the training configs
     tiny = arg == "tiny"
     depth = 2 if tiny else int(arg.lstrip("d"))
     image_size = 512 if depth == 36 else 256

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import arjax
 from arjax import cli
 
 
@@ -89,6 +90,22 @@ def test_init_with_override_and_unknown_key(tmp_path, capsys):
     assert json.loads((tmp_path / "m" / "arjax.json").read_text())["model"]["depth"] == 1
     assert cli.main(["init", "--config", cfg, "--set", "model.dpth=1", "--out", str(tmp_path / "n")]) == 2
     assert "model.dpth" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~40 s: compiles the bf16 sampler
+def test_init_takes_a_training_config_too(tmp_path, capsys):
+    """One schema: a training recipe initialises the model it would train (on the tokenizer layout it plans
+    with), here the ImageNet d16 recipe at its tiny size; a tokenizer-training config is refused by name."""
+    configs = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+    out = tmp_path / "d16"
+    assert cli.main(["init", "--config", f"{configs / 'imagenet.py'}:d16:tiny", "--out", str(out)]) == 0
+    meta = json.loads((out / "arjax.json").read_text())
+    assert meta["family"] == "var" and meta["model"]["depth"] == 2 and meta["model"]["dtype"] == "bfloat16"
+    assert meta["model"]["patch_nums"] == meta["tokenizer"]["patch_nums"] == [1, 2, 3, 4]
+    pipe = arjax.load(out)
+    assert np.asarray(pipe.sample([0], top_k=0, top_p=0.0)).shape == (1, 16, 16, 3)
+    assert cli.main(["init", "--config", f"{configs / 'quickstart.py'}:tokenizer", "--out", str(tmp_path / "t")]) == 2
+    assert "config key task names the member" in capsys.readouterr().err
 
 
 def test_convert_error_is_one_clear_line(tmp_path, capsys):
