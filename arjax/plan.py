@@ -259,7 +259,8 @@ class Plan:
     input_bytes: int = 0       # per device: state + constants + batch, from the shardings (compiled or not)
     state_bytes: int = 0       # per device: the whole train state (the part that does not grow with the batch)
     flops_source: str = "compiled"   # "lowered": HLO before partitioning / devices, when it did not fit;
-                                     # "unrolled": the same, of the step with its scanned layers unrolled;
+                                     # "unrolled": the same, of the step with its scanned layers and
+                                     # microbatches unrolled;
                                      # "skipped": not counted (flops=False)
     compile_seconds: float = 0.0
     compiled: object = dataclasses.field(default=None, repr=False, compare=False)  # keep_compiled=True
@@ -345,12 +346,14 @@ def plan(cfg, devices=None, *, hbm_gib: float | None = None, keep_compiled: bool
             if parsed:
                 p.needed_bytes, p.usable_bytes = parsed
     p.compile_seconds = time.time() - t0
-    scanned = bool((cfg.get("model") or {}).get("scan_layers"))
+    # XLA's cost analysis counts a loop body once: a step with scanned layers or microbatches (a scan too)
+    # is counted unrolled
+    scanned = bool((cfg.get("model") or {}).get("scan_layers")) or accum > 1
     if not flops:
         p.flops_source = "skipped"
     elif compiled is None or scanned:
-        # FLOPs of the step before partitioning, shared evenly. XLA's cost analysis counts a loop body once,
-        # so a step whose layers are scanned is counted unrolled (and with XLA attention, which it can count)
+        # FLOPs of the step before partitioning, shared evenly; a looped step's unrolled (with XLA attention,
+        # which it can count)
         flops = _unrolled_flops(cfg, mesh) if scanned else _lowered_flops(lowered)
         p.flops, p.flops_source = flops / mesh.size, "unrolled" if scanned else "lowered"
     if compiled is None:
@@ -399,11 +402,14 @@ def _train_step(cfg, mesh):
 
 
 def _unrolled_flops(cfg, mesh) -> float:
-    """FLOPs of `cfg`'s step with model.scan_layers off and XLA attention (a kernel's custom call counts
-    nothing), from the lowered HLO: nothing is compiled (compiling the unrolled step takes many minutes)."""
+    """FLOPs of `cfg`'s step with model.scan_layers off, one microbatch (the same global batch: the same
+    work) and XLA attention (a kernel's custom call counts nothing), from the lowered HLO: nothing is
+    compiled (compiling the unrolled step takes many minutes)."""
     import jax
     unrolled = cfg.copy_and_resolve_references()
-    unrolled.model.scan_layers, unrolled.model.attn_impl = False, "xla"
+    if "scan_layers" in unrolled.model:
+        unrolled.model.scan_layers = False
+    unrolled.model.attn_impl, unrolled.accum_steps = "xla", 1
     step, args, _, _ = _train_step(unrolled, mesh)
     with jax.set_mesh(mesh):
         return _lowered_flops(step.lower(*args))
@@ -542,7 +548,7 @@ def format_plan(p: Plan, cfg) -> str:
             approx = "~" if not compiled and name.startswith("step temporaries") else ""
             lines.append(f"  {name:46s} {approx + f'{v / mib:,.3f}':>12s}")
     src = {"compiled": "", "lowered": " [before partitioning / devices]",
-           "unrolled": " [layers unrolled, XLA attention; before partitioning / devices]",
+           "unrolled": " [layers and microbatches unrolled, XLA attention; before partitioning / devices]",
            "skipped": " [not counted: --no-flops]"}[p.flops_source]
     lines.append(f"  {'TFLOPs per step (this device)':46s} {_tflops(p.flops):>12s}{src}")
     lines.append(f"  {'TFLOPs per step (all devices)':46s} {_tflops(p.flops * p.devices):>12s}")
@@ -817,7 +823,7 @@ def format_variants(rows: list[dict], with_max_batch: bool) -> str:
     notes = []
     if any("error" not in r and r["plan"]["flops_source"] != "compiled" for r in rows):
         notes.append("* XLA's FLOPs of the unpartitioned, unoptimised step / devices (not comparable with compiled "
-                     "rows): it did not compile, or its layers are scanned and were counted unrolled with XLA "
+                     "rows): it did not compile, or its layers or microbatches are scanned and it was counted unrolled with XLA "
                      "attention (XLA counts a loop body once); ~ temporaries: needed minus the inputs")
     if with_max_batch and any((r.get("max_batch") or {}).get("converged") is False for r in rows):
         notes.append("? the search stopped before closing: the largest batch found to fit (raise --max-compiles)")

@@ -6,7 +6,8 @@
 Every row is one `arjax plan --config configs/imagenet.py:dN --topology SLICE --json` in a fresh process
 (XLA's compile memory goes with it): first each recipe on the slice it names (`plan.topology`, its
 microbatches) with the block-sparse kernel and with dense XLA attention, then each 256 px recipe on the
-other slices in one microbatch. Kernel rows also search the largest per-chip batch that fits. Results are
+other slices in one microbatch. With --search every kernel row also searches the largest per-chip batch
+that fits (3-5 more compiles each; without it only d16 on its slice does). Results are
 appended to --out as they finish, so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
@@ -21,16 +22,17 @@ OTHER_SLICES = ("v6e-8", "v5p-32", "v6e-32", "v5e-16")
 GiB = 2 ** 30
 
 
-def rows():
-    """(depth, slice, microbatches, attention impl, search the max batch), most informative first."""
+def rows(search: bool = False):
+    """(depth, slice, microbatches, attention impl, search the max batch), most informative first. The
+    batch search costs 3-5 compiles per row; without --search only the first row searches."""
     for depth, (sl, accum) in NAMED.items():
-        yield depth, sl, accum, "auto", True
+        yield depth, sl, accum, "auto", search or depth == 16
     for depth, (sl, accum) in NAMED.items():
         yield depth, sl, accum, "xla", False
     for sl in OTHER_SLICES:
         for depth in (16, 20, 24, 30):
             if NAMED[depth][0] != sl:
-                yield depth, sl, 1, "auto", True
+                yield depth, sl, 1, "auto", search
 
 
 def key(row) -> str:
@@ -49,11 +51,11 @@ def run_row(row, max_compiles: int) -> dict:
     return r
 
 
-def table(done: dict) -> str:
+def table(done: dict, search: bool = False) -> str:
     head = ["recipe", "slice", "global batch / per chip x microbatches", "attention", "peak GiB / chip",
             "temporaries GiB", "TFLOPs / step / chip", "fits (free)", "max per-chip batch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows():
+    for row in rows(search):
         r = done.get(key(row))
         if r is None:
             continue
@@ -83,19 +85,20 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="runs/plan_matrix.json")
     ap.add_argument("--table", action="store_true", help="print the table of finished rows and stop")
     ap.add_argument("--max-compiles", type=int, default=4, help="per max-batch search")
+    ap.add_argument("--search", action="store_true", help="search the largest per-chip batch on every kernel row")
     args = ap.parse_args(argv)
     out = Path(args.out)
     done = json.loads(out.read_text()) if out.exists() else {}
     if not args.table:
         out.parent.mkdir(parents=True, exist_ok=True)
-        for row in rows():
+        for row in rows(args.search):
             if key(row) in done:
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {key(row)} ...", flush=True)
             done[key(row)] = run_row(row, args.max_compiles)
             out.write_text(json.dumps(done, indent=1))
             print(f"  {done[key(row)]['seconds']:.0f} s", flush=True)
-    print(table(done))
+    print(table(done, args.search))
 
 
 if __name__ == "__main__":

@@ -36,12 +36,12 @@ def _tiny(tok_dir, *more):
             "--set", "model.embed_dim=64", "--set", "model.num_heads=4", "--set", "data.cache_tokens=true", *more]
 
 
-@pytest.mark.parametrize("scan", [False, True])
-def test_plan_reports_sharded_state_and_flops(tiny_tokenizer_dir, scan):
-    """With model.scan_layers the FLOPs must still count every layer (XLA's cost analysis counts a loop
-    body once; the plan counts the unrolled step)."""
+@pytest.mark.parametrize("scan,accum", [(False, 1), (True, 1), (False, 2)])
+def test_plan_reports_sharded_state_and_flops(tiny_tokenizer_dir, scan, accum):
+    """With model.scan_layers or microbatches the FLOPs must still count every layer and every row (XLA's
+    cost analysis counts a loop body once; the plan counts the unrolled step)."""
     r = _plan(*_tiny(tiny_tokenizer_dir), "--set", "batch_size=16", "--devices", "4", "--mesh", "data=1,fsdp=4",
-              "--set", f"model.scan_layers={scan}")
+              "--set", f"model.scan_layers={scan}", "--set", f"accum_steps={accum}")
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     assert "mesh {'data': 1, 'fsdp': 4, 'tensor': 1} = 4 x cpu" in out
