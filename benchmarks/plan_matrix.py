@@ -67,7 +67,7 @@ def table(done: dict, search: bool = False) -> str:
             continue
         p, s = r["plan"], r.get("max_batch")
         per_chip = p["batch_size"] // p["batch_shards"]
-        batch = f"{p['batch_size']} / {per_chip // p['accum_steps']} x {p['accum_steps']}"
+        batch = f"{p['batch_size']} / {per_chip} x {p['accum_steps']}"
         if p["fits"]:
             fits = f"yes ({100 * p['margin']:.0f}%)"
         else:
