@@ -46,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/family", help="run directory (reused: finished stages are not retrained)")
     p.add_argument("--only", choices=("all", "train", "step256"), default="all")
     p.add_argument("--steps", type=int, default=0, help="training budget per member (default: the config's)")
+    p.add_argument("--members", default=",".join(MEMBERS),
+                   help="comma list of members to train and measure (rows merge into OUT/family_table.json)")
     p.add_argument("--eval-per-class", type=int, default=50)
     p.add_argument("--timed-steps", type=int, default=20)
     p.add_argument("--hmar-steps", default="1,1,1,2,4,8", help="an HMAR masked-step schedule to evaluate too")
@@ -65,11 +67,11 @@ def median_time(fn, n: int) -> float:
 
 
 # -- part 1 ----------------------------------------------------------------------------------------
-def train_all(out: Path, steps: int) -> None:
+def train_all(out: Path, steps: int, which=MEMBERS) -> None:
     from arjax.cli import _train_stage
-    for stage in dict.fromkeys(TOKENIZER_OF.values()):
+    for stage in dict.fromkeys(TOKENIZER_OF[m] for m in which):
         _train_stage(f"{CONFIG}:{stage}", out / stage)
-    for m in MEMBERS:
+    for m in which:
         sets = [f"tokenizer_dir={out / TOKENIZER_OF[m] / 'model'}"] + ([f"steps={steps}"] if steps else [])
         _train_stage(f"{CONFIG}:{m}", out / m, sets)
 
@@ -125,10 +127,13 @@ def part1(args) -> list[dict]:
     from arjax.config import load_config
     from arjax.eval.run import evaluate_pipeline
     out = Path(args.out)
-    train_all(out, args.steps)
+    which = [m.strip() for m in args.members.split(",") if m.strip()]
+    if unknown := sorted(set(which) - set(MEMBERS)):
+        raise SystemExit(f"--members: unknown {unknown}; known: {list(MEMBERS)}")
+    train_all(out, args.steps, which)
     rows = []
     hmar_steps = tuple(int(s) for s in args.hmar_steps.split(","))
-    for m in MEMBERS:
+    for m in which:
         s = load_config(f"{CONFIG}:{m}").sample
         pipe = arjax.load(out / m / "model")
         summary = json.loads((out / m / "summary.json").read_text())
@@ -219,9 +224,12 @@ def main(argv=None):
     print(f"# benchmarks/family.py, {datetime.date.today()}, {dev.platform} ({dev.device_kind}), "
           f"{platform.processor() or platform.machine()}, jax {jax.__version__}")
     if args.only in ("all", "train"):
-        rows = part1(args)
+        table = Path(args.out, "family_table.json")
+        done = {r["member"]: r for r in json.loads(table.read_text())} if table.exists() else {}
+        done.update({r["member"]: r for r in part1(args)})
+        rows = sorted(done.values(), key=lambda r: (MEMBERS.index(r["member"].split(",")[0]), r["member"]))
         print_part1(rows)
-        Path(args.out, "family_table.json").write_text(json.dumps(rows, indent=1))
+        table.write_text(json.dumps(rows, indent=1))
     if args.only in ("all", "step256"):
         print_part2(part2(args), args)
 
