@@ -17,6 +17,8 @@ The loop is unrolled over the (static) scales, so one `jax.jit` compiles the who
 """
 from __future__ import annotations
 
+import abc
+
 import jax
 import jax.numpy as jnp
 
@@ -31,7 +33,7 @@ def twice(x):
     return jnp.concatenate([x, x], axis=0)
 
 
-class NextScaleSampler:
+class NextScaleSampler(abc.ABC):
     """One call's state: the model, the scale schedule, the class conditioning of the 2B rows."""
 
     def __init__(self, tokenizer, model, labels, keys, patch_nums, *, cfg: float, top_k: int, top_p: float,
@@ -60,8 +62,9 @@ class NextScaleSampler:
         return self.images(tokens), jnp.concatenate(tokens, axis=1), jnp.concatenate(top2, axis=1)
 
     # ---- hooks -------------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def scale_logits(self, si: int):
-        raise NotImplementedError
+        """See the module docstring."""
 
     def guide(self, logits, si: int):
         t = self.guidance * si / max(len(self.pns) - 1, 1)
@@ -73,11 +76,13 @@ class NextScaleSampler:
     def within_scale(self, si: int, idx, filtered, forced):
         return idx
 
+    @abc.abstractmethod
     def feed(self, si: int, idx, filtered) -> None:
-        raise NotImplementedError
+        """See the module docstring."""
 
+    @abc.abstractmethod
     def images(self, tokens):
-        raise NotImplementedError
+        """See the module docstring."""
 
     # ---- shared by the KV-cached members -----------------------------------------------------------------
     def cached_logits(self, x):
