@@ -179,6 +179,12 @@ def cmd_plan(args) -> None:
 
 
 def cmd_sample(args) -> None:
+    options = sampler_options(args)
+    if args.refiner or args.draft_scales is not None:
+        if not (args.refiner and args.draft_scales is not None):
+            raise ValueError("collaborative decoding takes both --refiner DIR and --draft-scales N")
+        import arjax
+        options.update(refiner=arjax.load(args.refiner), draft_scales=args.draft_scales)
     if args.npz:  # an evaluation set, resumable, in the ADM suite's format; every process of a run helps
         from arjax import parallel
         parallel.initialize()
@@ -187,15 +193,14 @@ def cmd_sample(args) -> None:
         pipe = arjax.load(args.checkpoint)
         labels = class_major_labels(pipe.cfg.num_classes, args.per_class, args.classes)
         out = sample_to_npz(pipe, labels, args.npz, batch_size=args.batch_size, cfg=args.cfg, top_k=args.top_k,
-                            top_p=args.top_p, seed=args.seed, **sampler_options(args))
+                            top_p=args.top_p, seed=args.seed, **options)
         if parallel.is_main_process():
             print(f"wrote {out} ({len(labels)} images)")
         return
     if args.classes is None:
         raise ValueError("--classes all is for --npz evaluation sets; a grid needs a short list, e.g. 207,360,387")
     sample_grid(args.checkpoint, args.classes, args.per_class, args.out, cfg=args.cfg, top_k=args.top_k,
-                top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
-                **sampler_options(args))
+                top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, **options)
 
 
 def cmd_edit(args) -> None:
@@ -323,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--out", default="samples.png")
+    s.add_argument("--refiner", default=None, help="collaborative decoding (CoDe): a second model directory of the "
+                   "same member and tokenizer (usually smaller) that samples the scales after --draft-scales")
+    s.add_argument("--draft-scales", type=int, default=None, help="with --refiner: the number of first scales "
+                   "this checkpoint (the drafter) samples")
     s.add_argument("--npz", default="", help="write every sample to this .npz (arr_0 uint8, class-major; "
                    "e.g. --classes all --per-class 50 for a 50k FID set); resumable")
     add_sampler_flags(s)

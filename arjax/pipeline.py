@@ -62,6 +62,28 @@ def _check_labels(labels, num_classes: int) -> np.ndarray:
     return y.astype(np.int32)
 
 
+def _local_mesh():
+    return jax.sharding.Mesh(np.asarray(jax.local_devices()), ("batch",))
+
+
+def _check_refiner(drafter: "Pipeline", refiner: "Pipeline") -> None:
+    """Collaborative decoding needs two models of one member that read and write the same tokens."""
+    if refiner.member.name != drafter.member.name:
+        raise ValueError(f"the refiner is a {refiner.member.name} model and the drafter a {drafter.member.name} one: "
+                         f"collaborative decoding takes two models of one member")
+    for key in ("vocab_size", "cvae", "patch_nums", "num_classes"):
+        a, b = getattr(drafter.cfg, key), getattr(refiner.cfg, key)
+        if a != b:
+            raise ValueError(f"drafter and refiner differ in model.{key} ({a} vs {b}): they must share a tokenizer "
+                             f"and classes")
+    same = jax.tree.structure(drafter.tokenizer.state) == jax.tree.structure(refiner.tokenizer.state) and all(
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(drafter.tokenizer.state),
+                                             jax.tree.leaves(refiner.tokenizer.state)))
+    if not same:
+        raise ValueError("drafter and refiner have different tokenizers (config or weights): collaborative "
+                         "decoding needs two models trained on the same tokenizer")
+
+
 class Tokenizer:
     """images (B, H, W, 3) in [-1, 1] <-> tokens (B, L) int32, scales concatenated coarse to fine.
 
@@ -153,15 +175,20 @@ class Pipeline:
         devices = jax.local_devices()
         if len(devices) == 1:
             return (*batch, self.tokenizer.state, self.state)
-        if getattr(self, "_spread_mesh", None) is None:
-            self._spread_mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
-            rep = jax.sharding.NamedSharding(self._spread_mesh, jax.sharding.PartitionSpec())
-            self._replicated = jax.device_put((self.tokenizer.state, self.state), rep)
-        split = jax.sharding.NamedSharding(self._spread_mesh, jax.sharding.PartitionSpec("batch"))
+        split = jax.sharding.NamedSharding(_local_mesh(), jax.sharding.PartitionSpec("batch"))
         pad = -len(batch[0]) % len(devices)
         batch = [None if a is None else jax.device_put(jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), split)
                  for a in batch]
-        return (*batch, *self._replicated)
+        return (*batch, *self._replicated())
+
+    def _replicated(self):
+        """(tokenizer state, model state), replicated once over the local devices when there are several."""
+        if len(jax.local_devices()) == 1:
+            return self.tokenizer.state, self.state
+        if getattr(self, "_replicas", None) is None:
+            rep = jax.sharding.NamedSharding(_local_mesh(), jax.sharding.PartitionSpec())
+            self._replicas = jax.device_put((self.tokenizer.state, self.state), rep)
+        return self._replicas
 
     def _sampler_options(self, options: dict):
         """The member's options dataclass, validated once (a wrong one names itself)."""
@@ -181,17 +208,21 @@ class Pipeline:
             return self._logits(self.tokenizer.state, self.state, y, t, pns)
 
     def sample(self, labels, *, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96, seed: int = 0,
-               return_tokens: bool = False, batch_size: int | None = None, first_index: int = 0, **options):
+               return_tokens: bool = False, batch_size: int | None = None, first_index: int = 0,
+               refiner: "Pipeline | None" = None, draft_scales: int | None = None, **options):
         """Class-conditional samples (B, H, W, 3) float32 in [0, 1] (and tokens (B, L) with return_tokens).
 
         Sample i draws from `fold_in(key(seed), first_index + i)`, so results depend neither on
         `batch_size` nor on how a large request is split across calls (pass each call's offset).
         `options`: the member's sampler options (`pipe.member.options_cls`, e.g. VAR's `more_smooth`,
         HMAR's `steps`, FlexVAR's `patch_nums` and `cfg_style`, LlamaGen's `cfg_interval` and `temperature`).
+        `refiner` + `draft_scales`: collaborative decoding (CoDe): this model samples the first
+        `draft_scales` scales, `refiner` (a pipeline of the same member on the same tokenizer, usually
+        smaller) the rest.
         """
         return self._generate(labels, None, None, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
                               return_tokens=return_tokens, batch_size=batch_size, first_index=first_index,
-                              **options)
+                              refiner=refiner, draft_scales=draft_scales, **options)
 
     def edit(self, images, mask, *, label, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96, seed: int = 0,
              return_tokens: bool = False, batch_size: int | None = None, **options):
@@ -217,7 +248,8 @@ class Pipeline:
                              return_tokens=return_tokens, batch_size=batch_size, **options)
 
     def complete(self, tokens, known, labels, *, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96,
-                 seed: int = 0, return_tokens: bool = False, batch_size: int | None = None, **options):
+                 seed: int = 0, return_tokens: bool = False, batch_size: int | None = None,
+                 refiner: "Pipeline | None" = None, draft_scales: int | None = None, **options):
         """Sample the unknown tokens of token sequences (B, L): where `known` (B, L) is True the token is
         kept (teacher-forced, and the next scales are conditioned on it), elsewhere it is sampled
         conditioned on `labels` (B,), as `sample` would. Returns images in [0, 1] (and the tokens)."""
@@ -231,10 +263,40 @@ class Pipeline:
         if len(y) != len(t):
             raise ValueError(f"give one label per token sequence ({len(t)})")
         return self._generate(y, t, known, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
-                              return_tokens=return_tokens, batch_size=batch_size, first_index=0, **options)
+                              return_tokens=return_tokens, batch_size=batch_size, first_index=0, refiner=refiner,
+                              draft_scales=draft_scales, **options)
+
+    def _collaborative(self, refiner: "Pipeline", draft_scales):
+        """The jitted two-model sampler (this pipeline drafts, `refiner` refines), with the same call signature
+        as `_sample`; checked once per refiner: same member, same tokenizer weights, same token layout."""
+        if not isinstance(refiner, Pipeline):
+            raise TypeError(f"refiner must be an arjax.Pipeline (arjax.load(DIR)); got {type(refiner).__name__}")
+        if not self.member.collaborative:
+            supported = [n for n in members.MEMBERS if members.member(n).collaborative]
+            raise ValueError(f"collaborative decoding (refiner=) is implemented for {supported}, not for "
+                             f"{self.member.name}")
+        if not isinstance(draft_scales, int) or not 0 <= draft_scales <= len(self.cfg.patch_nums):
+            raise ValueError(f"draft_scales (the scales the drafter samples before the refiner takes over) must "
+                             f"be an int in [0, {len(self.cfg.patch_nums)}]; got {draft_scales!r}")
+        cache = self.__dict__.setdefault("_collab_fns", {})
+        if id(refiner) not in cache:
+            _check_refiner(self, refiner)
+            tgd, gd, rgd, rst = self.tokenizer.graphdef, self.graphdef, refiner.graphdef, refiner.state
+            fn = members.resolve(self.member.collaborative)
+
+            def sample(tst, st, rst, labels, keys, cfg, forced_tokens, forced_mask, *, draft, top_k, top_p, options):
+                out = fn(nnx.merge(tgd, tst), nnx.merge(gd, st), nnx.merge(rgd, rst), labels, keys, draft_scales=draft,
+                         cfg=cfg, top_k=top_k, top_p=top_p, forced_tokens=forced_tokens, forced_mask=forced_mask,
+                         **options.kwargs())
+                return out[0], out[1]
+
+            cache[id(refiner)] = (refiner, jax.jit(sample, static_argnames=("draft", "top_k", "top_p", "options")))
+        _, jitted = cache[id(refiner)]
+        rst = refiner._replicated()[1]
+        return lambda tst, st, *rest, **kw: jitted(tst, st, rst, *rest, draft=draft_scales, **kw)
 
     def _generate(self, labels, forced_tokens, forced_mask, *, cfg, top_k, top_p, seed, return_tokens, batch_size,
-                  first_index, **options):
+                  first_index, refiner=None, draft_scales=None, **options):
         y = _check_labels(labels, self.cfg.num_classes)
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = no top-k filter); got {top_k}")
@@ -242,6 +304,9 @@ class Pipeline:
         if not 0.0 <= top_p <= 1.0:
             raise ValueError(f"top_p must lie in [0, 1]; got {top_p}")
         opts = self._sampler_options(options)
+        if refiner is None and draft_scales is not None:
+            raise ValueError("draft_scales is collaborative decoding's hand-over scale: give the refiner too")
+        sample = self._sample if refiner is None else self._collaborative(refiner, draft_scales)
         base = jax.random.key(seed)
         keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(first_index + jnp.arange(len(y)))
         bs = batch_size or max(len(y), 1)
@@ -252,8 +317,8 @@ class Pipeline:
             yb, kb, ft, fm, tst, st = self._spread(jnp.asarray(y[s:s + bs]), keys[s:s + bs], part(forced_tokens),
                                                    part(forced_mask))
             with jax.default_matmul_precision(self.precision):
-                img, tok = self._sample(tst, st, yb, kb, jnp.float32(cfg), ft, fm, top_k=int(top_k),
-                                        top_p=float(top_p), options=opts)
+                img, tok = sample(tst, st, yb, kb, jnp.float32(cfg), ft, fm, top_k=int(top_k), top_p=float(top_p),
+                                  options=opts)
             images.append(img[:n])
             tokens.append(tok[:n])
         images, tokens = jnp.concatenate(images), jnp.concatenate(tokens)

@@ -49,6 +49,8 @@ class Member:
     converter: str = ""         # module with HELP, add_arguments(parser), run(args) -> model directory
     any_schedule: bool = False  # the model and tokenizer take a scale schedule at call time
     tiny: tuple = ()            # (model config key, value) pairs of its small size (`file.py:stage:tiny`)
+    collaborative: str = ""     # fn(tokenizer, drafter, refiner, labels, keys, *, draft_scales, ...like sampler):
+                                # two models of this member on one tokenizer (CoDe); "" = not supported
 
     @property
     def cls(self):

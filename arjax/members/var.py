@@ -21,4 +21,5 @@ MEMBER = Member(
     name="var", module="arjax.nn.models.var.VAR", config="arjax.nn.models.var.VARConfig", tokenizer="msvq",
     task="arjax.train.generator_tasks.VARTask", sampler="arjax.sample.next_scale.sample_next_scale",
     logits="arjax.members.var.logits", options="arjax.members.var.VAROptions", converter="arjax.convert.var",
-    tiny=(("depth", 2), ("embed_dim", 32), ("num_heads", 2)))
+    tiny=(("depth", 2), ("embed_dim", 32), ("num_heads", 2)),
+    collaborative="arjax.sample.collaborative.sample_collaborative")
