@@ -134,3 +134,32 @@ def test_gpu_shape_rule_names_the_offending_size():
         check_triton_shapes(48, 64, 64)
     with pytest.raises(ValueError, match="power-of-two block_k.*got 96"):
         check_triton_shapes(64, 64, 96)
+
+
+def test_cpu_scale_groups_equal_the_masked_dense_attention():
+    """CPU's block-causal path (dense attention per group of scales over its key prefix) against the masked
+    dense softmax in float64 NumPy, forward and input gradients, on VAR's 256 px schedule."""
+    from arjax.ops.attention import scale_group_attention, scale_groups
+    lens = scales.scale_lens((1, 2, 3, 4, 5, 6, 8, 10, 13, 16))
+    assert scale_groups(lens) == [(1, 4, 9, 16, 25, 36), (64,), (100,), (169,), (256,)]
+    rng = np.random.default_rng(7)
+    q, k, v, g = (rng.standard_normal((2, sum(lens), 2, 16)) for _ in range(4))
+    mask = scales.block_causal_mask(lens)
+
+    def ref(q, k, v):
+        s = np.einsum("bqhd,bkhd->bhqk", q, k) / 4.0
+        s = np.where(mask, s, -np.inf)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        return np.einsum("bhqk,bkhd->bqhd", p / p.sum(-1, keepdims=True), v)
+
+    f32 = [jnp.asarray(a, jnp.float32) for a in (q, k, v)]
+    np.testing.assert_allclose(np.asarray(scale_group_attention(*f32, lens)), ref(q, k, v), atol=1e-5)
+    grads = jax.grad(lambda *a: jnp.sum(scale_group_attention(*a, lens) * jnp.asarray(g, jnp.float32)),
+                     argnums=(0, 1, 2))(*f32)
+    eps = 1e-6  # central differences of the float64 reference along one random direction per input
+    for i, got in enumerate(grads):
+        d = rng.standard_normal(q.shape)
+        args_p = [a + eps * d if j == i else a for j, a in enumerate((q, k, v))]
+        args_m = [a - eps * d if j == i else a for j, a in enumerate((q, k, v))]
+        want = (np.sum(ref(*args_p) * g) - np.sum(ref(*args_m) * g)) / (2 * eps)
+        np.testing.assert_allclose(float(np.sum(np.asarray(got, np.float64) * d)), want, rtol=1e-4)
