@@ -68,7 +68,9 @@ def table(done: dict, search: bool = False) -> str:
         p, s = r["plan"], r.get("max_batch")
         per_chip = p["batch_size"] // p["batch_shards"]
         batch = f"{p['batch_size']} / {per_chip} x {p['accum_steps']}"
-        if p["fits"]:
+        if p["fits"] and p["margin"] < 0:  # XLA:TPU compiled it, yet arguments + temporaries exceed the HBM
+            fits = f"compiled, but peak > {p['usable_bytes'] / GiB:.2f} usable: unverified"
+        elif p["fits"]:
             fits = f"yes ({100 * p['margin']:.0f}%)"
         else:
             fits = f"no (needs {p['needed_bytes'] / GiB:.1f} of {p['usable_bytes'] / GiB:.2f})"
