@@ -32,7 +32,8 @@ def refiner():
     return _pipe(1, 32)  # same seed: the same tokenizer weights, another transformer
 
 
-@pytest.mark.parametrize("draft", [0, 2, len(PNS)])
+@pytest.mark.parametrize("draft", [pytest.param(0, marks=pytest.mark.slow), 2,
+                                   pytest.param(len(PNS), marks=pytest.mark.slow)])
 def test_drafter_as_its_own_refiner_is_the_single_model_sampler(drafter, draft):
     """The refiner's cache filled in one block-causal pass equals the one built scale by scale: with
     drafter = refiner every token is the single-model sampler's, wherever the hand-over is."""
@@ -69,6 +70,7 @@ def test_bad_refiners_are_named(drafter):
         drafter.sample(LABELS[:1], refiner="runs/small", draft_scales=2)
 
 
+@pytest.mark.slow
 def test_cli_sample_with_a_refiner(drafter, refiner, tmp_path):
     from arjax import cli
     big, small = arjax.save(drafter, tmp_path / "big"), arjax.save(refiner, tmp_path / "small")
