@@ -514,6 +514,9 @@ def verdict(p: Plan) -> str:
             return f"DOES NOT FIT: {p.error}"
         return (f"DOES NOT FIT: needs {_size(p.needed_bytes)} of {_size(p.usable_bytes)} HBM usable per "
                 f"chip{hbm}, over by {_size(p.needed_bytes - p.usable_bytes)}")
+    if p.fits and p.usable_bytes and p.peak_bytes > p.usable_bytes:  # seen for d30 on v5e-16 / v6e-8
+        return (f"UNVERIFIED: XLA compiled it, but arguments + temporaries ({_size(p.peak_bytes)}) exceed the "
+                f"{_size(p.usable_bytes)} HBM usable per chip{hbm}; treat it as not fitting")
     if p.fits and p.usable_bytes:
         return (f"fits: peak {_size(p.peak_bytes)} of {_size(p.usable_bytes)} HBM usable per chip{hbm}, "
                 f"margin {100 * p.margin:.1f}%")

@@ -182,6 +182,8 @@ def test_verdicts_and_the_variants_table():
     assert P.verdict(oom) == ("DOES NOT FIT: needs 42.56 GiB of 15.75 GiB HBM usable per chip (of 16 GiB per v5e "
                               "chip), over by 26.81 GiB")
     assert oom.temp_estimate == round(42.56 * GiB) - 3 * GiB and oom.margin < 0
+    over = _plan_row(temp_bytes=20 * GiB)  # compiled by XLA, yet arguments + temporaries exceed the HBM
+    assert over.peak_bytes > over.usable_bytes and P.verdict(over).startswith("UNVERIFIED: XLA compiled it")
     cpu = _plan_row(chip=None, hbm_bytes=None, usable_bytes=None, fits=None, device_kind="cpu")
     assert P.verdict(cpu).startswith("fits: unknown")
     rows = [{"remat": False, "attn_impl": "xla", "plan": oom.to_dict(),
