@@ -281,7 +281,7 @@ class Pipeline:
         cache = self.__dict__.setdefault("_collab_fns", {})
         if id(refiner) not in cache:
             _check_refiner(self, refiner)
-            tgd, gd, rgd, rst = self.tokenizer.graphdef, self.graphdef, refiner.graphdef, refiner.state
+            tgd, gd, rgd = self.tokenizer.graphdef, self.graphdef, refiner.graphdef
             fn = members.resolve(self.member.collaborative)
 
             def sample(tst, st, rst, labels, keys, cfg, forced_tokens, forced_mask, *, draft, top_k, top_p, options):
@@ -290,6 +290,7 @@ class Pipeline:
                          **options.kwargs())
                 return out[0], out[1]
 
+            # the refiner is kept with its function so that its id is not reused while cached
             cache[id(refiner)] = (refiner, jax.jit(sample, static_argnames=("draft", "top_k", "top_p", "options")))
         _, jitted = cache[id(refiner)]
         rst = refiner._replicated()[1]
