@@ -78,6 +78,10 @@ SEQ_LEN = sum(p * p for p in PATCH_NUMS)  # 680
 VOCAB, CVAE, NUM_CLASSES, SHARE_QUANT_RESI = 4096, 32, 1000, 4
 CFG, TOP_K, TOP_P = 1.5, 900, 0.96
 PHASES = ("train", "sample")
+# Unrolled, XLA:CPU fuses the residual stream's chain of adds into every layer's backward and recomputes
+# it there (O(depth^2)); scanned, the loop boundary stops that: VAR-d16 batch 2 step 39-44 s -> 24 s under
+# the same background load, d4 batch 8 2.7 -> 3.1 s (measured 2026-12-03). Hence on from this depth.
+SCAN_FROM_DEPTH = 8
 MiB = 2 ** 20
 
 
@@ -101,6 +105,9 @@ def parse_args(argv=None):
                    help="cross-entropy label smoothing on both sides (default 0.0, the official recipe's "
                         "--ls and configs/imagenet.py's value)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scan-layers", choices=("auto", "on", "off"), default="auto",
+                   help="arjax train step: model.scan_layers (one block scanned over the stacked layers, as "
+                        "configs/imagenet.py trains); auto = on from depth %d (default auto)" % SCAN_FROM_DEPTH)
     p.add_argument("--timeout", type=float, default=1800.0,
                    help="seconds to wait for any one answer of a worker, build and compile included (default 1800)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "vs_official.json", help="raw times (JSON)")
@@ -354,7 +361,8 @@ def arjax_worker(args, chan: Channel):
 def arjax_train_step(args, labels, tokens, info):
     """The step `arjax train` runs (arjax.train.trainer.make_train_step: jitted, state donated, the
     phase static), built as trainer.train builds it, on configs/imagenet.py:d16 resized to --depth,
-    fp32, without remat / layer scan / EMA / gradient accumulation, over a random tokenizer."""
+    fp32, without remat / EMA / gradient accumulation, over a random tokenizer; layer scan per
+    --scan-layers."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -368,8 +376,10 @@ def arjax_train_step(args, labels, tokens, info):
 
     d = args.depth
     cfg = load_config(str(ROOT / "configs" / "imagenet.py") + ":d16")
-    cfg.model.update(depth=d, embed_dim=64 * d, num_heads=d, remat=False, scan_layers=False, attn_impl="auto",
+    scan = args.scan_layers == "on" or (args.scan_layers == "auto" and d >= SCAN_FROM_DEPTH)
+    cfg.model.update(depth=d, embed_dim=64 * d, num_heads=d, remat=False, scan_layers=scan, attn_impl="auto",
                      dtype="float32")
+    info["scan_layers"] = scan
     cfg.update(batch_size=args.batch, ema_decay=0.0, accum_steps=1, seed=args.seed)
     cfg.loss.label_smoothing = float(args.label_smoothing)
     # the released tokenizer layout (the one the recipe plans with) with --tokenizer-ch channels
@@ -515,7 +525,7 @@ def cpu_model() -> str:
 
 
 def worker_argv(args, phase: str, depth: int) -> list[str]:
-    argv = ["--phase", phase, "--depth", str(depth), "--batch", str(args.batch),
+    argv = ["--phase", phase, "--depth", str(depth), "--batch", str(args.batch), "--scan-layers", args.scan_layers,
             "--tokenizer-ch", str(args.tokenizer_ch), "--warmup", str(args.warmup), "--threads", str(args.threads),
             "--label-smoothing", str(args.label_smoothing), "--seed", str(args.seed)]
     return argv + ["--official", str(args.official.resolve())]
@@ -598,7 +608,8 @@ def table(run: dict) -> str:
             fmt_mib(o["info"].get("peak_rss")), fmt_mib(a["info"].get("peak_rss"))]) + " |")
         oi, ai = o["info"], a["info"]
         extra = f", AdamW {oi['adamw']}" if "adamw" in oi else ""
-        notes.append(f"- {r['phase']} d{r['depth']}: build official {oi['build_s']:.1f} s / "
+        scan = "; arjax model.scan_layers on" if ai.get("scan_layers") else ""
+        notes.append(f"- {r['phase']} d{r['depth']}{scan}: build official {oi['build_s']:.1f} s / "
                      f"arjax {ai['build_s']:.1f} s; "
                      f"first call (compile / warm-up) official {oi['first_call_s']:.1f} s / arjax "
                      f"{ai['first_call_s']:.1f} s; cores busy official {fmt_cores(oi)} / arjax {fmt_cores(ai)}; "
