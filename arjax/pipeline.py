@@ -19,6 +19,7 @@ from arjax.ops import scales
 from arjax.ops.scales import check_schedule
 from arjax.sample import edit as editing
 from arjax.train import checkpoint
+from arjax.xla_cpu import inference_jit
 
 
 def _check_images(images, size: int) -> np.ndarray:
@@ -97,8 +98,8 @@ class Tokenizer:
         self.any_schedule = any_schedule
         gd = self.graphdef
         kw = (lambda pns: {"patch_nums": pns}) if any_schedule else (lambda pns: {})
-        self._encode = jax.jit(lambda st, x, pns: nnx.merge(gd, st).encode(x, **kw(pns)), static_argnums=2)
-        self._decode = jax.jit(lambda st, t, pns: nnx.merge(gd, st).decode(t, **kw(pns)), static_argnums=2)
+        self._encode = inference_jit(lambda st, x, pns: nnx.merge(gd, st).encode(x, **kw(pns)), static_argnums=2)
+        self._decode = inference_jit(lambda st, t, pns: nnx.merge(gd, st).decode(t, **kw(pns)), static_argnums=2)
         self._var_input = jax.jit(lambda st, t, pns: nnx.merge(gd, st).quantize.indices_to_var_input(t, **kw(pns)),
                                   static_argnums=2)
 
@@ -162,7 +163,7 @@ class Pipeline:
                                 top_p=top_p, forced_tokens=forced_tokens, forced_mask=forced_mask, **options.kwargs())
             return out[0], out[1]
 
-        self._sample = jax.jit(sample, static_argnames=("top_k", "top_p", "options"))
+        self._sample = inference_jit(sample, static_argnames=("top_k", "top_p", "options"))
 
     @property
     def class_names(self) -> list[str] | None:
@@ -291,7 +292,7 @@ class Pipeline:
                 return out[0], out[1]
 
             # the refiner is kept with its function so that its id is not reused while cached
-            cache[id(refiner)] = (refiner, jax.jit(sample, static_argnames=("draft", "top_k", "top_p", "options")))
+            cache[id(refiner)] = (refiner, inference_jit(sample, static_argnames=("draft", "top_k", "top_p", "options")))
         _, jitted = cache[id(refiner)]
         rst = refiner._replicated()[1]
         return lambda tst, st, *rest, **kw: jitted(tst, st, rst, *rest, draft=draft_scales, **kw)

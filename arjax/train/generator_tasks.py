@@ -20,7 +20,7 @@ from arjax.data.token_cache import TokenCache, encode_to_cache
 from arjax.nn.init import abstract_module, create
 from arjax.ops import scales
 from arjax.train import checkpoint
-from arjax.train.losses import token_cross_entropy, var_metrics
+from arjax.train.losses import token_cross_entropy, top1_hits, var_metrics
 from arjax.train.progressive import ProgressiveSchedule
 
 
@@ -303,7 +303,7 @@ class LlamaGenTask(GeneratorTask):
     def member_loss(self, model, tok, tokens, labels, key, step, phase, x_in=None):
         logits = model(labels, tokens)
         ce = token_cross_entropy(logits, tokens, self.cfg.loss.label_smoothing)
-        acc = jnp.mean(jnp.argmax(logits, -1) == tokens) * 100
+        acc = jnp.mean(top1_hits(logits.astype(jnp.float32), tokens)) * 100
         return jnp.mean(ce), {"acc_mean": acc}
 
     def sample_options(self) -> dict:

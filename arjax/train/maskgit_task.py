@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from arjax.train.generator_tasks import GeneratorTask, one_scale_fields
-from arjax.train.losses import token_cross_entropy
+from arjax.train.losses import token_cross_entropy, top1_hits
 
 
 def mask_counts(r, length: int):
@@ -38,7 +38,7 @@ def masked_loss(logits, tokens, masked, label_smoothing: float = 0.0):
     w = masked.astype(jnp.float32)
     total = jnp.maximum(jnp.sum(w), 1.0)
     ce = token_cross_entropy(logits, tokens, label_smoothing)
-    acc = jnp.sum((jnp.argmax(logits, -1) == tokens) * w) / total * 100
+    acc = jnp.sum(top1_hits(logits.astype(jnp.float32), tokens) * w) / total * 100
     return jnp.sum(ce * w) / total, acc
 
 
