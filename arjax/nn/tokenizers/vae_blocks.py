@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from arjax.nn.group_norm import GroupNorm
 from arjax.nn.init import torch_default_bias, torch_default_kernel
 
 
@@ -19,8 +18,8 @@ def conv(cin: int, cout: int, k: int, rngs: nnx.Rngs, *, stride: int = 1, paddin
                     kernel_init=torch_default_kernel(), bias_init=torch_default_bias(cin * k * k), rngs=rngs)
 
 
-def group_norm(c: int, rngs: nnx.Rngs, eps: float = 1e-6) -> GroupNorm:
-    return GroupNorm(c, num_groups=32, epsilon=eps, rngs=rngs)
+def group_norm(c: int, rngs: nnx.Rngs, eps: float = 1e-6) -> nnx.GroupNorm:
+    return nnx.GroupNorm(c, num_groups=32, epsilon=eps, use_fast_variance=False, rngs=rngs)
 
 
 class ConvLayout:
