@@ -4,8 +4,8 @@ jaxlib 0.10's XLA:CPU hands dots, convolutions, elementwise fusions and reductio
 VAR tokenizer's 3x3 convolutions (32 channels at 256 px) YNNPACK's convolution runs at half the speed
 of XLA's own (52 vs 106-112 GFLOP/s), and the sampler's filters and GroupNorm reductions ran faster without its
 elementwise and reduction fusions. With YNNPACK for single dots only, measured 2026-12-03 on a 2-core
-AMD EPYC, VAR-d4, batch 8, 256 px: decode 2283 -> 1185 ms, sampling with decode 4630 -> 2687 ms (other
-sets: benchmarks/RESULTS.md). The transformer's training step keeps the default: without YNNPACK's
+AMD EPYC, VAR-d4, batch 8, 256 px: decode 2283 -> ~1130-1190 ms, sampling with decode 4630 -> ~2690-2820
+ms (other sets: benchmarks/RESULTS.md). The transformer's training step keeps the default: without YNNPACK's
 elementwise and reduction fusions it was 40-50% slower (2.1 -> 3.0-3.2 s), so these options are
 per function (`jax.jit(compiler_options=...)`), not process-wide XLA_FLAGS.
 

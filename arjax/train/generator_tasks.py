@@ -303,7 +303,7 @@ class LlamaGenTask(GeneratorTask):
     def member_loss(self, model, tok, tokens, labels, key, step, phase, x_in=None):
         logits = model(labels, tokens)
         ce = token_cross_entropy(logits, tokens, self.cfg.loss.label_smoothing)
-        acc = jnp.mean(top1_hits(logits.astype(jnp.float32), tokens)) * 100
+        acc = jnp.mean(top1_hits(logits, tokens)) * 100
         return jnp.mean(ce), {"acc_mean": acc}
 
     def sample_options(self) -> dict:

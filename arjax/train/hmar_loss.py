@@ -93,7 +93,7 @@ def hmar_loss_terms(logits, mask_logits, tokens, masked, weights, scale_lens, *,
     w_mask = jnp.where(masked, weights * jnp.concatenate(factors, axis=1), 0.0)
     ce_mask = token_cross_entropy(mask_logits, tokens, label_smoothing)
     loss_mask = jnp.mean(jnp.sum(ce_mask * w_mask, axis=-1))
-    hit = top1_hits(mask_logits.astype(jnp.float32), tokens) & masked
+    hit = top1_hits(mask_logits, tokens) & masked
     loss = loss_next + mask_weight * loss_mask
     return loss, {"loss": loss, "loss_mask": loss_mask, **metrics,
                   "mask_acc": 100 * jnp.sum(hit) / jnp.maximum(jnp.sum(masked), 1)}

@@ -23,6 +23,7 @@ def top1_hits(logits, targets):
     """(..., V) x (...) -> bool: the target's logit is the largest. Same as argmax == target but for
     exact ties (then any of the tied maxima counts); a max reduction, which the cross-entropy's
     log-softmax computes anyway, where XLA:CPU runs an argmax as a second, slow pass over the logits."""
+    logits = logits.astype(jnp.float32)  # the same operand as the cross-entropy's, so its max is shared
     at_target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return at_target >= jnp.max(logits, axis=-1)
 
@@ -30,7 +31,7 @@ def top1_hits(logits, targets):
 def var_metrics(logits, targets, last_len: int) -> dict:
     """The reference's logged metrics: mean and last-scale CE (no smoothing) and accuracy (%)."""
     ce = token_cross_entropy(logits, targets)
-    hit = top1_hits(logits.astype(jnp.float32), targets).astype(jnp.float32) * 100
+    hit = top1_hits(logits, targets).astype(jnp.float32) * 100
     return {"loss_mean": ce.mean(), "loss_tail": ce[:, -last_len:].mean(),
             "acc_mean": hit.mean(), "acc_tail": hit[:, -last_len:].mean()}
 

@@ -38,7 +38,7 @@ def masked_loss(logits, tokens, masked, label_smoothing: float = 0.0):
     w = masked.astype(jnp.float32)
     total = jnp.maximum(jnp.sum(w), 1.0)
     ce = token_cross_entropy(logits, tokens, label_smoothing)
-    acc = jnp.sum(top1_hits(logits.astype(jnp.float32), tokens) * w) / total * 100
+    acc = jnp.sum(top1_hits(logits, tokens) * w) / total * 100
     return jnp.sum(ce * w) / total, acc
 
 
