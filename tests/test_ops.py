@@ -393,3 +393,15 @@ def test_draw_frequencies_match_the_filtered_softmax(top_k, top_p):
     np.testing.assert_array_less(np.abs(freq - prob), 5 * np.sqrt(prob * (1 - prob) / idx.size) + 1e-12)
     one, _ = draw(keys[:1], jnp.broadcast_to(jnp.asarray(lg), (1, n, lg.shape[-1])), top_k, top_p, 2, 0)
     np.testing.assert_array_equal(np.asarray(one)[0], idx[0])
+
+
+@pytest.mark.parametrize("v", [1, 37, 64, 1000, 4096])
+def test_matmul_cumsum_vs_float64(v):
+    """The draw's cumulative mass (two triangular matmuls) against float64 NumPy, widths that are and are
+    not multiples of the block, non-negative inputs as the draw gives it (exp of logits, zeros off the kept set)."""
+    from arjax.sample.filters import _cumsum
+    rng = np.random.default_rng(v)
+    x = rng.exponential(size=(5, v)).astype(np.float32) * (rng.random((5, v)) < 0.7)
+    got = np.asarray(jax.jit(_cumsum)(jnp.asarray(x)))
+    want = np.cumsum(x.astype(np.float64), axis=-1)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6 * want[:, -1:].max())

@@ -43,7 +43,10 @@ class FlexVARSampler(NextScaleSampler):
             x = self.model.sos(self.cond) + self.pos[:, s:e]
         else:
             x = twice(self.model.word_embed(self.nxt) + self.pos[:, s:e])
-        return self.cached_logits(x)
+        return self.cached_head_input(x)
+
+    def readout(self, guided):
+        return self.head_readout(guided)
 
     def guide(self, logits, si):
         if self.cfg_style == "llamagen":

@@ -53,6 +53,9 @@ class HMARSampler(VARSampler):
         super().__init__(tokenizer, model, labels, keys, **kw)
         self.steps, self.step_counts = steps, []
 
+    def readout(self, guided):  # scale_logits and the masked steps give logits, the head already applied
+        return guided
+
     def scale_logits(self, si):
         nxt = None if si == 0 else twice(self.nxt.reshape(self.b, -1, self.model.cfg.cvae))
         self.x = self.model.scale_input(self.cond, si, nxt)

@@ -5,9 +5,12 @@
 (`arjax.sample.filters.draw`: key = fold_in(fold_in(key, scale), step)), forced tokens (editing), the
 member's within-scale steps, and the next scale's input. A member overrides the hooks:
 
-    scale_logits(si)                   (2B, n_k, V) logits of scale si from the input prepared so far
-    guide(logits, si)                  guided (B, n_k, V); default VAR's ramp (1 + t) cond - t uncond,
-                                       t = cfg * k / (K - 1)
+    scale_logits(si)                   (2B, n_k, D) of scale si from the input prepared so far: the logits,
+                                       or the input of an affine head that `readout` applies after guidance
+    guide(logits, si)                  guided (B, n_k, D); default VAR's ramp (1 + t) cond - t uncond,
+                                       t = cfg * k / (K - 1); its row weights sum to 1, so it commutes
+                                       with an affine head
+    readout(guided)                    (B, n_k, V) logits from the guided rows (default: they are logits)
     top_k_at(si)                       the top-k of scale si's draw (default: the caller's)
     within_scale(si, idx, filtered, forced)  refine scale si's tokens (HMAR's masked steps; default none)
     feed(si, idx, filtered)            prepare the next scale's input from scale si's tokens
@@ -50,7 +53,7 @@ class NextScaleSampler(abc.ABC):
         """-> images (B, H, W, 3) in [0, 1], tokens (B, L) int32, the top-2 guided logits (B, L, 2)."""
         tokens, top2 = [], []
         for si in range(len(self.pns)):
-            logits = self.guide(self.scale_logits(si), si)
+            logits = self.readout(self.guide(self.scale_logits(si), si))
             top2.append(jax.lax.top_k(logits, 2)[0])
             idx, filtered = draw(self.keys, logits, self.top_k_at(si), self.top_p, si, 0)
             s, e = self.bounds[si]
@@ -70,6 +73,9 @@ class NextScaleSampler(abc.ABC):
         t = self.guidance * si / max(len(self.pns) - 1, 1)
         return (1 + t) * logits[:self.b] - t * logits[self.b:]
 
+    def readout(self, guided):
+        return guided
+
     def top_k_at(self, si: int) -> int:
         return self.top_k
 
@@ -85,12 +91,18 @@ class NextScaleSampler(abc.ABC):
         """See the module docstring."""
 
     # ---- shared by the KV-cached members -----------------------------------------------------------------
-    def cached_logits(self, x):
-        """Scale input x (2B, n_k, C) -> logits; its queries see every cached key and themselves, so no
-        mask is needed."""
+    def cached_head_input(self, x):
+        """Scale input x (2B, n_k, C) -> the head's input (see `readout`); its queries see every cached key
+        and themselves, so no mask is needed."""
         h, self.caches = self.model.run_blocks(x, self.cond, caches=self.caches, mask="none",
                                                impl=self.model.cfg.attn_impl)
-        return self.model.logits_from_hidden(h, self.cond)
+        return self.model.head_input(h, self.cond)
+
+    def head_readout(self, guided):
+        """`readout` for members whose scale_logits is `cached_head_input`: the model's affine head on the
+        guided rows, B rows through the vocabulary-wide matmul instead of 2B (VAR-d4 at 256 px: a quarter
+        of the sampler's transformer FLOPs are the head's)."""
+        return self.model.readout(guided)
 
 
 class VARSampler(NextScaleSampler):
@@ -104,6 +116,9 @@ class VARSampler(NextScaleSampler):
         self.codebook = tokenizer.quantize.embedding[...]
         self.nxt = None  # the next scale's (B, pn, pn, Cvae) input
 
+    def readout(self, guided):
+        return self.head_readout(guided)
+
     def scale_logits(self, si):
         s, e = self.bounds[si]
         if si == 0:
@@ -111,7 +126,7 @@ class VARSampler(NextScaleSampler):
         else:
             x = twice(self.model.embed_words(self.nxt.reshape(self.b, -1, self.model.cfg.cvae),
                                              self.pns[si:si + 1]) + self.pos[:, s:e])
-        return self.cached_logits(x)
+        return self.cached_head_input(x)
 
     def embeddings(self, si, idx, filtered):
         """Codes of scale si's tokens; with more_smooth, a Gumbel-softmax mixture of codes (VAR's visual

@@ -68,6 +68,8 @@ class FlexVAR(nnx.Module):
     class_cond = VAR.class_cond
     block_cond = VAR.block_cond
     logits_from_hidden = VAR.logits_from_hidden
+    head_input = VAR.head_input
+    readout = VAR.readout
     run_blocks = VAR.run_blocks
     forward = VAR.forward
 

@@ -171,8 +171,16 @@ class VAR(nnx.Module):
                                 for pn, (s, e) in zip(pns, scales.begin_ends(pns))], axis=1)
 
     def logits_from_hidden(self, x, cond):
-        logits = self.head(self.head_nm(x.astype(jnp.float32), cond)).astype(jnp.float32)
-        return constrain(logits, "batch", None, None)  # FSDP: weights are gathered, activations stay split
+        return self.readout(self.head_input(x, cond))
+
+    def head_input(self, x, cond):
+        """Hidden states -> the head's (affine) input: the class-modulated LayerNorm."""
+        return self.head_nm(x.astype(jnp.float32), cond)
+
+    def readout(self, a):
+        """The head's input -> float32 logits. Affine, so a guided mix of rows (weights summing to 1) can be
+        taken before it: the sampler's CFG then reads out B rows instead of 2B."""
+        return constrain(self.head(a).astype(jnp.float32), "batch", None, None)  # FSDP: activations stay split
 
     def run_blocks(self, x, cond, *, caches=None, **attn_kw):
         """Sampling: the hidden states and every block's (k, v), each block seeing its cache."""
