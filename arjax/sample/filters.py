@@ -26,29 +26,33 @@ def _ordered(x):
     return jnp.where(b >> 31 == 1, ~b, b | jnp.uint32(1 << 31))
 
 
-def _largest(holds, shape):
-    """Per row, the largest uint32 t for which `holds(t[..., None])` is true, where holds is monotone
-    (true for every t below a row's answer, and at 0): 32 bisection steps, one per bit."""
+def _largest(holds, rows: int):
+    """Per row, the largest uint32 t (a (rows,) vector) for which `holds(t)` is true, where holds is
+    monotone (true for every t below a row's answer, and at 0): 32 bisection steps, one per bit."""
     def bit(i, t):
         cand = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-        return jnp.where(holds(cand[..., None]), cand, t)
-    return lax.fori_loop(0, 32, bit, jnp.zeros(shape, jnp.uint32))
+        return jnp.where(holds(cand), cand, t)
+    return lax.fori_loop(0, 32, bit, jnp.zeros((rows,), jnp.uint32))
 
 
 def _keep(logits, top_k: int, top_p: float):
-    """(R, V) logits -> (R, V) bool: the top-k, then of those the smallest top set of mass >= top_p."""
+    """(R, V) logits -> (R, V) bool: the top-k, then of those the smallest top set of mass >= top_p.
+
+    The counting passes run on the block transposed to (V, R): XLA:CPU reduces over the major axis with
+    the rows in vector lanes, 1.5-1.8x faster than along them (64 x 4096 blocks, 2026-12-07)."""
     u = _ordered(logits)
+    ut, rows = u.T, logits.shape[0]
     keep = jnp.ones(logits.shape, bool)
     if 0 < top_k < logits.shape[-1]:
         # the k-th largest value: the largest t with at least k logits >= t (ties at it are all kept)
-        kth = _largest(lambda t: jnp.sum(u >= t, axis=-1, dtype=jnp.int32) >= top_k, u.shape[:-1])
-        keep = u >= kth[..., None]
+        kth = _largest(lambda t: jnp.sum(ut >= t, axis=0, dtype=jnp.int32) >= top_k, rows)
+        keep = u >= kth[:, None]
     if top_p > 0:
         # VAR's rule: drop the ascending prefix of cumulative mass <= 1 - top_p. The first logit kept is
         # the largest t with the mass of the logits < t still <= 1 - top_p (never above the maximum)
-        p = jax.nn.softmax(jnp.where(keep, logits, -jnp.inf), axis=-1)
-        cut = _largest(lambda t: jnp.sum(jnp.where(u < t, p, 0.0), axis=-1) <= 1 - top_p, u.shape[:-1])
-        keep &= u >= jnp.minimum(cut, jnp.max(u, axis=-1))[..., None]
+        pt = jax.nn.softmax(jnp.where(keep, logits, -jnp.inf), axis=-1).T
+        cut = _largest(lambda t: jnp.sum(jnp.where(ut < t, pt, 0.0), axis=0) <= 1 - top_p, rows)
+        keep &= u >= jnp.minimum(cut, jnp.max(u, axis=-1))[:, None]
     return keep
 
 
