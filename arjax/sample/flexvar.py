@@ -45,8 +45,8 @@ class FlexVARSampler(NextScaleSampler):
             x = twice(self.model.word_embed(self.nxt) + self.pos[:, s:e])
         return self.cached_head_input(x)
 
-    def readout(self, guided):
-        return self.head_readout(guided)
+    def readout(self, guided):  # as VAR's: guidance before the affine head
+        return self.model.readout(guided)
 
     def guide(self, logits, si):
         if self.cfg_style == "llamagen":

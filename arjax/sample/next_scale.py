@@ -98,12 +98,6 @@ class NextScaleSampler(abc.ABC):
                                                impl=self.model.cfg.attn_impl)
         return self.model.head_input(h, self.cond)
 
-    def head_readout(self, guided):
-        """`readout` for members whose scale_logits is `cached_head_input`: the model's affine head on the
-        guided rows, B rows through the vocabulary-wide matmul instead of 2B (VAR-d4 at 256 px: a quarter
-        of the sampler's transformer FLOPs are the head's)."""
-        return self.model.readout(guided)
-
 
 class VARSampler(NextScaleSampler):
     """VAR: KV-cached scales; the next input is the residual f-hat downsampled to the next scale."""
@@ -117,7 +111,9 @@ class VARSampler(NextScaleSampler):
         self.nxt = None  # the next scale's (B, pn, pn, Cvae) input
 
     def readout(self, guided):
-        return self.head_readout(guided)
+        """The model's affine head on the guided rows (scale_logits gives its input): B rows through the
+        vocabulary-wide matmul instead of 2B (VAR-d4 at 256 px: a quarter of the sampler's transformer FLOPs)."""
+        return self.model.readout(guided)
 
     def scale_logits(self, si):
         s, e = self.bounds[si]
