@@ -411,8 +411,8 @@ def test_matmul_cumsum_vs_float64(v):
 def test_xla_attention_gradients_vs_float64(dtype, tol):
     """The XLA path CPU training takes (block-causal attention per group of scales, concatenated) and the
     masked dense form: output and dQ/dK/dV against the float64 textbook backward."""
-    mask = "block_causal"
     from attention_reference import check_kernel, dense_mask
+    mask = "block_causal"
     lens = (1, 4, 9, 16, 25, 36, 64)  # several groups of scale_group_attention, one of them multi-scale
     check_kernel(lambda q, k, v, s: attn_ops.attention(q, k, v, scale_lens=lens, mask=mask, impl="xla", scale=s),
                  lens, mask, heads=2, dim=8, dtype=dtype, tol=tol, seed=3)
