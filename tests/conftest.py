@@ -1,9 +1,30 @@
 """Shared test fixtures. Parity data lives in ../shared/fixtures (or $ARJAX_FIXTURES); tests that need
 it skip with a reason when it is absent, so a plain user checkout still runs the suite."""
 import os
+import tempfile
 from pathlib import Path
 
-import jax
+# One persistent XLA compilation cache per test session (this process and every subprocess a test starts
+# inherit it through the environment): the suite builds the same tiny models in many tests, each under a
+# fresh jax.jit, and without the cache XLA compiles each identical program again. Off with
+# ARJAX_TEST_COMPILE_CACHE=0; a path reuses that folder (and its entries) across sessions.
+if os.environ.get("ARJAX_TEST_COMPILE_CACHE", "1") != "0" and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = os.environ.get("ARJAX_TEST_COMPILE_CACHE", "1")
+    if _cache == "1":
+        import atexit
+        import shutil
+        _cache = tempfile.mkdtemp(prefix="arjax_xla_cache_")
+        atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    # A size limit makes jax lock the folder around each read and write (filelock), so concurrent test
+    # processes (pytest-xdist workers, a test's subprocesses) never read an entry another is writing.
+    import importlib.util
+    if importlib.util.find_spec("filelock"):  # without it jax refuses a size limit
+        os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
+
+import jax  # noqa: E402  (after the cache's environment, which jax reads at import)
 import numpy as np
 import pytest
 
@@ -159,3 +180,9 @@ def fid_inception_file(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fid_weights") / "inception_random.safetensors"
     save_file({k: v for k, v in module.make_weights(0).items() if not k.endswith("num_batches_tracked")}, str(out))
     return out
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core, at most 4. Each worker's XLA already runs a step on every core, so
+    more workers only share them; two on two cores still overlap one's compiling with another's running."""
+    return max(1, min(os.cpu_count() or 1, 4))
