@@ -186,3 +186,21 @@ def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker per core, at most 4. Each worker's XLA already runs a step on every core, so
     more workers only share them; two on two cores still overlap one's compiling with another's running."""
     return max(1, min(os.cpu_count() or 1, 4))
+
+
+def pytest_collection_modifyitems(config, items):
+    """ARJAX_TEST_SHARD=k/n keeps the k-th of n fixed shares of the selected tests (by a hash of each test's
+    id). .ci/run runs the slow set one share per run, taking turns by date, so that every slow test runs
+    within n CI runs while CI stays under its time limit."""
+    shard = os.environ.get("ARJAX_TEST_SHARD")
+    if not shard:
+        return
+    import zlib
+    try:
+        k, n = (int(v) for v in shard.split("/"))
+        assert 0 <= k < n
+    except (ValueError, AssertionError):
+        raise pytest.UsageError(f"ARJAX_TEST_SHARD={shard!r}: expected k/n with 0 <= k < n, e.g. 0/2") from None
+    keep = [it for it in items if zlib.crc32(it.nodeid.encode()) % n == k]
+    config.hook.pytest_deselected(items=[it for it in items if it not in keep])
+    items[:] = keep
