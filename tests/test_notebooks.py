@@ -65,7 +65,7 @@ def test_notebook_executes_at_the_tiny_size(name, tmp_path, monkeypatch):
     from nbclient.exceptions import CellExecutionError
     for fixture in FIXTURES_NEEDED.get(name, ()):
         if not (FIXTURES / fixture).is_dir():
-            pytest.skip(f"{name} reads {FIXTURES / fixture} at the CI size (tiny stand-ins for the released weights "
+            pytest.skip(reason=f"{name} reads {FIXTURES / fixture} at the CI size (tiny stand-ins for the released weights "
                         f"it downloads at full size), and that fixture is absent (set ARJAX_FIXTURES to the "
                         f"shared/fixtures folder)")
     monkeypatch.setenv("ARJAX_NOTEBOOK_SIZE", "tiny")  # the kernel inherits this process's environment
