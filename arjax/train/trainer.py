@@ -23,6 +23,7 @@ import optax
 
 from arjax import members, parallel
 from arjax.data import make_dataset, make_source
+from arjax.nn.init import run_once_options
 from arjax.train import checkpoint
 from arjax.train.losses import NonFiniteLoss
 from arjax.train.optim import make_optimizer, peak_lr, var_schedule, wd_schedule
@@ -162,7 +163,7 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
         state, data_iter = _resume(ckpt, abstract, data_iter, dataset, local_batch, main)
         print_main(main, f"resuming {workdir} from step {int(state['step'])}")
     else:
-        state = jax.jit(init_state, out_shardings=state_sh)()
+        state = jax.jit(init_state, out_shardings=state_sh, compiler_options=run_once_options())()
     consts = jax.device_put(jax.tree.map(np.asarray, task.constants()), rep)
     report = parallel.shard_report({"params": state["params"], "opt_state": state["opt_state"]})
     if main:
