@@ -5,9 +5,11 @@ VAR tokenizer's 3x3 convolutions (32 channels at 256 px) YNNPACK's convolution r
 of XLA's own (52 vs 106-112 GFLOP/s), and the sampler's filters and GroupNorm reductions ran faster without its
 elementwise and reduction fusions. With YNNPACK for single dots only, measured 2026-12-03 on a 2-core
 AMD EPYC, VAR-d4, batch 8, 256 px: decode 2283 -> ~1130-1190 ms, sampling with decode 4630 -> ~2690-2820
-ms (other sets: benchmarks/RESULTS.md). The transformer's training step keeps the default: without YNNPACK's
-elementwise and reduction fusions it was 40-50% slower (2.1 -> 3.0-3.2 s), so these options are
-per function (`jax.jit(compiler_options=...)`), not process-wide XLA_FLAGS.
+ms (other sets: benchmarks/RESULTS.md). The tokenizer's training step takes them too (TokenizerTask.
+compiler_options; the quickstart tokenizer at batch 16: 479 -> 280 ms per step, 2026-12-08). The transformer's
+training step keeps the default: without YNNPACK's elementwise and reduction fusions it was 40-50% slower
+(2.1 -> 3.0-3.2 s), so these options are per function (`jax.jit(compiler_options=...)`), not process-wide
+XLA_FLAGS.
 
 Applied only on the CPU backend, only when the user's XLA_FLAGS do not choose YNNPACK's fusions
 themselves, and only if this jaxlib accepts the option (a probe compile, once); otherwise plain jit.

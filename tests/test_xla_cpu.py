@@ -31,3 +31,14 @@ def test_inference_jit_matches_plain_jit_on_a_conv_stack():
 
     want = np.asarray(jax.jit(f)(np.asarray(x, np.float32), k))
     np.testing.assert_allclose(xla_cpu.inference_jit(f)(x, k), want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_tokenizer_trains_under_them_and_generators_under_xla_defaults(monkeypatch):
+    from arjax.config import load_config
+    from arjax.train.generator_tasks import GeneratorTask
+    from arjax.train.tasks import TokenizerTask
+    from conftest import REPO
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    task = TokenizerTask(load_config(f"{REPO}/configs/quickstart.py:tokenizer"))
+    assert task.compiler_options() == xla_cpu.INFERENCE  # what the trainer's jitted step compiles with
+    assert GeneratorTask.compiler_options(None) is None

@@ -33,6 +33,9 @@ class GeneratorTask(abc.ABC):
     progressive = False      # implements progressive scale training (progressive.fraction > 0)
     self_correcting = False  # implements loss.self_correction
 
+    def compiler_options(self) -> dict | None:
+        return None  # the transformer's step runs fastest with XLA:CPU's defaults (arjax.xla_cpu)
+
     def __init__(self, cfg, abstract_tokenizer=None):
         """`abstract_tokenizer`: plan with this tokenizer config and shape-only weights, reading nothing."""
         self.cfg = cfg

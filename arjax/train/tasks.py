@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from arjax import members
+from arjax import members, xla_cpu
 from arjax.nn.discriminator import DiscriminatorConfig, PatchDiscriminator
 from arjax.nn.init import abstract_module, create
 from arjax.nn.lpips import load_lpips, lpips_distance
@@ -36,6 +36,7 @@ class Task(Protocol):
     def constants(self) -> Any: ...
     def prepare_source(self, source, workdir, progress: bool) -> Any: ...
     def phase(self, step: int) -> Any: ...
+    def compiler_options(self) -> dict | None: ...  # the train step's XLA options (None: XLA's defaults)
     def loss(self, params, extra, consts, batch, key, step, phase=None) -> tuple: ...
     def post_update(self, params, extra, aux, step, key) -> tuple: ...
     def preview(self, params, consts, batch, seed: int) -> tuple: ...
@@ -92,6 +93,10 @@ class TokenizerTask:
     def phase(self, step: int) -> bool | None:
         """Whether the discriminator is on: before `disc.start` the step is compiled without it."""
         return step >= self.cfg.disc.start if self.use_disc else None
+
+    def compiler_options(self) -> dict | None:
+        """Convolution-heavy, like the tokenizer at inference: XLA:CPU's own convolutions (arjax.xla_cpu)."""
+        return xla_cpu.compiler_options()
 
     def prepare_source(self, source, workdir, progress: bool):
         if self.cfg.data.cache_tokens:

@@ -173,8 +173,9 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
 
     # ---- step ----------------------------------------------------------------------------------
     # `phase` (static) is what changes the step's shapes, e.g. the scales of progressive training
-    step_fn = jax.jit(make_train_step(task, tx, cfg.seed, cfg.ema_decay, cfg.get("accum_steps", 1)), static_argnums=3, donate_argnums=0,
-                      in_shardings=(state_sh, rep, parallel.batch_sharding(mesh)), out_shardings=(state_sh, rep))
+    step_fn = jax.jit(make_train_step(task, tx, cfg.seed, cfg.ema_decay, cfg.get("accum_steps", 1)), static_argnums=3,
+                      donate_argnums=0, in_shardings=(state_sh, rep, parallel.batch_sharding(mesh)),
+                      out_shardings=(state_sh, rep), compiler_options=task.compiler_options())
     preview_fn = jax.jit(task.preview, static_argnums=3, out_shardings=rep)
 
     # ---- feedback ------------------------------------------------------------------------------
