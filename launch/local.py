@@ -4,9 +4,9 @@ pod runs one process per host. For testing multi-host code without a pod.
     python launch/local.py --processes 2 --devices 4 -- arjax train --config configs/quickstart.py:var ...
 
 Each process gets ARJAX_COORDINATOR (a free loopback port), ARJAX_NUM_PROCESSES, ARJAX_PROCESS_ID and
-XLA_FLAGS=--xla_force_host_platform_device_count=DEVICES; `arjax.parallel.initialize` reads them. If any
-process fails, the others are stopped at once (a pod would otherwise wait on the dead peer) and the
-launcher exits with the failed process's status.
+XLA_FLAGS=--xla_force_host_platform_device_count=DEVICES (after the caller's other XLA flags);
+`arjax.parallel.initialize` reads them. If any process fails, the others are stopped at once (a pod would
+otherwise wait on the dead peer) and the launcher exits with the failed process's status.
 """
 from __future__ import annotations
 
@@ -27,9 +27,11 @@ def free_port() -> int:
 
 def process_env(process_id: int, processes: int, devices: int, port: int, base=None) -> dict:
     env = dict(os.environ if base is None else base)
+    # the caller's other XLA flags (a dump folder, optimisation options) reach every process
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
     env.update(ARJAX_COORDINATOR=f"127.0.0.1:{port}", ARJAX_NUM_PROCESSES=str(processes),
                ARJAX_PROCESS_ID=str(process_id), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=" ".join([*flags, f"--xla_force_host_platform_device_count={devices}"]))
     return env
 
 

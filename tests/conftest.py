@@ -21,7 +21,17 @@ if os.environ.get("ARJAX_TEST_COMPILE_CACHE", "1") != "0" and "JAX_COMPILATION_C
     if importlib.util.find_spec("filelock"):  # without it jax refuses a size limit
         os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
-import jax  # noqa: E402  (after the cache's environment, which jax reads at import)
+# XLA:CPU without backend (LLVM) optimisation: most of this suite's time is compiling tiny programs that then
+# run for milliseconds, and unoptimised code compiles faster (tests/test_train_recipe.py alone: 120 -> 90 s,
+# 2026-12-08). The programs' HLO is the same; results may differ from optimised code's in the last float32
+# bit, which every tolerance here allows for. Off with ARJAX_TEST_OPTIMISED_XLA=1. Inherited by subprocesses
+# (worker_env and launch/local.py keep XLA_FLAGS' other flags).
+UNOPTIMISED_XLA = "--xla_backend_optimization_level=0"
+if os.environ.get("ARJAX_TEST_OPTIMISED_XLA", "0") != "1" and "xla_backend_optimization_level" not in os.environ.get(
+        "XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {UNOPTIMISED_XLA}".strip()
+
+import jax  # noqa: E402  (after the cache's and XLA's environment, which jax reads at import)
 import numpy as np
 import pytest
 
@@ -68,13 +78,21 @@ def nhwc(x):
     return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))
 
 
+def optimised_xla_env() -> dict:
+    """This environment without the suite's unoptimised-XLA flag: for a subprocess whose run is compute-bound."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if f != UNOPTIMISED_XLA]
+    return {**os.environ, "XLA_FLAGS": " ".join(flags)}
+
+
 # ---- multi-device / multi-process tests (tests/multidevice_worker.py in fresh processes) -----------
 WORKER = REPO / "tests" / "multidevice_worker.py"
 
 
 def worker_env(devices: int, **extra) -> dict:
     """A fresh process with `devices` fake CPU devices (XLA reads the flag once, at start-up)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=" ".join([*flags, f"--xla_force_host_platform_device_count={devices}"]))
     env.pop("ARJAX_COORDINATOR", None)
     return {**env, **{k: str(v) for k, v in extra.items()}}
 
@@ -124,10 +142,17 @@ def assert_close(name, got, want, atol):
 @pytest.fixture(scope="session")
 def builtin_classifier_dir(tmp_path_factory) -> Path:
     """The built-in dataset's 32 px evaluation classifier, trained once per test session (1000 steps),
-    at the cache layout `arjax eval` looks for."""
+    at the cache layout `arjax eval` looks for. Trained in a process with XLA's default optimisation: its
+    1000 steps are compute-bound (54 s under the suite's load; 120 s unoptimised, 2026-12-08)."""
+    import subprocess
+    import sys
+
     from arjax.eval import classifier
     out = classifier.classifier_path(32, tmp_path_factory.mktemp("classifier"))
-    classifier.train_classifier(32, steps=1000, batch_size=32, seed=0, out_dir=out)
+    code = ("import sys; from arjax.eval import classifier; "
+            "classifier.train_classifier(32, steps=1000, batch_size=32, seed=0, out_dir=sys.argv[1])")
+    r = subprocess.run([sys.executable, "-c", code, str(out)], env=optimised_xla_env(), capture_output=True, text=True)
+    assert r.returncode == 0, f"training the classifier failed:\n{r.stderr[-5000:]}"
     return out
 
 

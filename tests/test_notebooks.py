@@ -71,8 +71,10 @@ def test_notebook_executes_at_the_tiny_size(name, tmp_path, monkeypatch):
     monkeypatch.setenv("ARJAX_NOTEBOOK_SIZE", "tiny")  # the kernel inherits this process's environment
     monkeypatch.setenv("ARJAX_FIXTURES", str(FIXTURES))
     monkeypatch.setenv("ARJAX_CACHE", str(tmp_path / "cache"))  # no classifier or feature cache of the user's
-    if name not in COMPUTE_BOUND:  # most of a tiny notebook is XLA compiling: unoptimised code compiles faster
-        monkeypatch.setenv("XLA_FLAGS", f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip())
+    # most of a tiny notebook is XLA compiling: unoptimised code compiles faster (conftest.py sets it suite-wide)
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_backend_optimization_level" not in f]
+    monkeypatch.setenv("XLA_FLAGS", " ".join(flags if name in COMPUTE_BOUND else
+                                             [*flags, "--xla_backend_optimization_level=0"]))
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})

@@ -30,9 +30,16 @@ def _loss_and_grads(cls, cfg, seed=0):
     return value, logits, grads, jax.make_jaxpr(loss)(params)
 
 
-@pytest.mark.parametrize("cls,extra", [(VAR, {}), (VAR, {"shared_aln": True}), (HMAR, {"mask_blocks": 1})],
-                         ids=["var", "var-shared-aln", "hmar"])
-@pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
+SLOW = pytest.mark.slow  # ~10 s each on 2 busy cores: the default suite covers each factor once (15 min budget)
+
+
+@pytest.mark.parametrize("cls,extra,remat", [
+    pytest.param(VAR, {}, False, id="plain-var"),
+    pytest.param(VAR, {}, True, id="remat-var", marks=SLOW),
+    pytest.param(VAR, {"shared_aln": True}, False, id="plain-var-shared-aln", marks=SLOW),
+    pytest.param(VAR, {"shared_aln": True}, True, id="remat-var-shared-aln"),
+    pytest.param(HMAR, {"mask_blocks": 1}, False, id="plain-hmar"),
+    pytest.param(HMAR, {"mask_blocks": 1}, True, id="remat-hmar")])
 def test_scan_equals_unrolled(cls, extra, remat):
     config_cls = HMARConfig if cls is HMAR else VARConfig
     base = config_cls(depth=3, embed_dim=32, num_heads=2, vocab_size=24, cvae=4, num_classes=5, patch_nums=PNS,

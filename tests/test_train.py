@@ -185,13 +185,12 @@ def test_sigkill_then_rerun_reaches_the_same_parameters(tmp_path):
 
 def test_nan_loss_stops_with_last_good_checkpoint_intact(tmp_path):
     from arjax.train.trainer import train
-    train(_tiny_cfg(3), tmp_path / "run", progress=False)
-    with pytest.raises(ValueError, match="another config"):  # a workdir belongs to one config
-        train(_tiny_cfg(4), tmp_path / "run", progress=False)
     # an absurd learning rate: step 1 is finite (and checkpointed), step 2 overflows
     cfg = _tiny_cfg(20, ["optim.base_lr=1e30", "optim.warmup_steps=0", "checkpoint.every=1"])
     with pytest.raises(NonFiniteLoss, match="last good checkpoint"):
         train(cfg, tmp_path / "nan", progress=False)
+    with pytest.raises(ValueError, match="another config"):  # a workdir belongs to one config
+        train(_tiny_cfg(20), tmp_path / "nan", progress=False)
     from arjax.train.checkpoint import RunCheckpointer
     ck = RunCheckpointer(tmp_path / "nan" / "checkpoints")
     step = ck.latest_step()

@@ -146,7 +146,7 @@ def test_ema_is_the_exponential_average_of_the_parameters(tmp_path, tiny_tokeniz
     assert not np.allclose(np.asarray(jax.tree.leaves(state["ema"])[0]), np.asarray(jax.tree.leaves(state["params"])[0]))
 
 
-def test_bf16_compute_stays_close_to_float32_and_trains(tmp_path, tiny_tokenizer):
+def test_bf16_compute_stays_close_to_float32():
     cfg32 = VARConfig(depth=2, embed_dim=64, num_heads=2, vocab_size=32, cvae=8, patch_nums=(1, 2, 3),
                       num_classes=5, init_adaln_gamma=0.3)
     params = nnx.to_pure_dict(nnx.state(create(VAR, cfg32), nnx.Param))
@@ -156,13 +156,17 @@ def test_bf16_compute_stays_close_to_float32_and_trains(tmp_path, tiny_tokenizer
     out = {}
     for dt in ("float32", "bfloat16"):
         gd = nnx.split(create(VAR, dataclasses.replace(cfg32, dtype=dt)))[0]
-        logits = nnx.merge(gd, params)(labels, x)
+        logits = jax.jit(lambda p, gd=gd: nnx.merge(gd, p)(labels, x))(params)  # eagerly each op compiles alone
         assert logits.dtype == jnp.float32  # the head and the loss stay in float32
         out[dt] = (np.asarray(logits), float(token_cross_entropy(logits, tgt).mean()))
     scale = np.abs(out["float32"][0]).max()
     err = np.abs(out["bfloat16"][0] - out["float32"][0]).max()
     assert 0 < err < 0.05 * scale  # bf16 really is used (8 mantissa bits), and stays close
     assert out["bfloat16"][1] == pytest.approx(out["float32"][1], rel=0.02)
+
+
+@pytest.mark.slow  # ~25 s on 2 busy cores: a training run of its own (the 15 min budget)
+def test_bf16_compute_trains(tmp_path, tiny_tokenizer):
     from arjax.train.trainer import train
     s = train(_var_cfg(tiny_tokenizer, 12, ["model.dtype=bfloat16", "optim.base_lr=0.05"]), tmp_path / "run",
               progress=False)
@@ -204,31 +208,42 @@ def _features(q, batch=64, seed=1):
     return 0.05 * jax.random.normal(jax.random.key(seed), (batch, full, full, q.embedding.shape[1]))
 
 
+# (the quantizer's calls below run under nnx.jit: eagerly every op compiles on its own, ~30 s of compiling)
 def test_self_correction_without_errors_is_plain_teacher_forcing():
+    @nnx.jit
+    def run(q, f):
+        targets, fed, x_in = q.quantize_self_correcting(f, jax.random.key(0), 0.0)
+        tokens = jnp.concatenate(q.quantize(f)[0], axis=1)
+        return targets, fed, x_in, tokens, q.indices_to_var_input(tokens)
+
     q = _quantizer()
-    f = _features(q)
-    targets, fed, x_in = q.quantize_self_correcting(f, jax.random.key(0), 0.0)
-    tokens = jnp.concatenate(q.quantize(f)[0], axis=1)
+    targets, fed, x_in, tokens, teacher_forcing = run(q, _features(q))
     np.testing.assert_array_equal(targets, tokens)
     np.testing.assert_array_equal(fed, tokens)
-    np.testing.assert_array_equal(x_in, q.indices_to_var_input(tokens))
+    np.testing.assert_allclose(x_in, teacher_forcing, rtol=0, atol=1e-7)
 
 
 def test_self_correction_targets_correct_the_errors_fed_so_far():
     from arjax.ops.resample import resize_area
-    q = _quantizer()
-    f = _features(q)
     max_rate = 0.6
-    targets, fed, x_in = q.quantize_self_correcting(f, jax.random.key(3), max_rate)
+
+    @nnx.jit
+    def run(q, f):
+        targets, fed, x_in = q.quantize_self_correcting(f, jax.random.key(3), max_rate)
+        # each scale's target should be the nearest code to what the fed tokens of the earlier scales left of f
+        fhats = q.indices_to_fhat(fed, cumulative=True)
+        expected = [q.nearest(resize_area(f, 1))] + [q.nearest(resize_area(f - fhats[si - 1], pn))
+                                                     for si, pn in enumerate(q.patch_nums) if si]
+        return targets, fed, x_in, q.indices_to_var_input(fed), expected
+
+    q = _quantizer()
+    targets, fed, x_in, teacher_forcing, expected = run(q, _features(q))
     # inputs are the teacher forcing of the tokens actually fed (errors included)
-    np.testing.assert_allclose(x_in, q.indices_to_var_input(fed), atol=1e-6)
-    # each scale's target is the nearest code to what the fed tokens of the earlier scales left of f
-    fhats = q.indices_to_fhat(fed, cumulative=True)
+    np.testing.assert_allclose(x_in, teacher_forcing, atol=1e-6)
     per_scale = q.split_scales(targets)
-    np.testing.assert_array_equal(per_scale[0], q.nearest(resize_area(f, 1)))
+    np.testing.assert_array_equal(per_scale[0], expected[0])
     for si in range(1, len(q.patch_nums)):
-        expected = q.nearest(resize_area(f - fhats[si - 1], q.patch_nums[si]))
-        assert np.mean(np.asarray(per_scale[si]) == np.asarray(expected)) > 0.99  # argmin ties aside
+        assert np.mean(np.asarray(per_scale[si]) == np.asarray(expected[si])) > 0.99  # argmin ties aside
     # replacements: a random code (the same one by chance 1/vocab), at a per-image rate ~ U[0, max_rate]
     replaced = np.asarray(targets != fed).mean()
     expected_share = max_rate / 2 * (1 - 1 / q.embedding.shape[0])
