@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from arjax import members
+from arjax import members, xla_cpu
 from arjax.data.token_cache import TokenCache, encode_to_cache
 from arjax.nn.init import abstract_module, create
 from arjax.ops import scales
@@ -130,10 +130,11 @@ class GeneratorTask(abc.ABC):
             f = tok.features(x)
             return tok.tokens_from_features(f), f
 
-        return encode_to_cache(workdir / "token_cache", source, jax.jit(encode), image_size=self.image_size,
-                               vocab=self.tok_cfg.vocab_size, batch_size=max(self.cfg.batch_size, 32),
-                               augment=self.cfg.data.augment, progress=progress, with_features=features,
-                               views=int(views), seed=self.cfg.seed)
+        # compiled like the tokenizer at inference (arjax.xla_cpu): the quickstart's encode 75 -> 32 ms per 32 images
+        return encode_to_cache(workdir / "token_cache", source, xla_cpu.inference_jit(encode),
+                               image_size=self.image_size, vocab=self.tok_cfg.vocab_size,
+                               batch_size=max(self.cfg.batch_size, 32), augment=self.cfg.data.augment,
+                               progress=progress, with_features=features, views=int(views), seed=self.cfg.seed)
 
     def phase(self, step: int):
         return None
