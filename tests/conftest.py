@@ -78,10 +78,14 @@ def nhwc(x):
     return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))
 
 
+def xla_flags_without(prefix: str) -> list[str]:
+    """This process's XLA_FLAGS less those starting with `prefix` (for a subprocess that sets its own)."""
+    return [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(prefix)]
+
+
 def optimised_xla_env() -> dict:
     """This environment without the suite's unoptimised-XLA flag: for a subprocess whose run is compute-bound."""
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if f != UNOPTIMISED_XLA]
-    return {**os.environ, "XLA_FLAGS": " ".join(flags)}
+    return {**os.environ, "XLA_FLAGS": " ".join(xla_flags_without("--xla_backend_optimization_level"))}
 
 
 # ---- multi-device / multi-process tests (tests/multidevice_worker.py in fresh processes) -----------
@@ -90,9 +94,9 @@ WORKER = REPO / "tests" / "multidevice_worker.py"
 
 def worker_env(devices: int, **extra) -> dict:
     """A fresh process with `devices` fake CPU devices (XLA reads the flag once, at start-up)."""
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=" ".join([*flags, f"--xla_force_host_platform_device_count={devices}"]))
+    flags = [*xla_flags_without("--xla_force_host_platform_device_count"),
+             f"--xla_force_host_platform_device_count={devices}"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
     env.pop("ARJAX_COORDINATOR", None)
     return {**env, **{k: str(v) for k, v in extra.items()}}
 

@@ -6,12 +6,11 @@ at the CI size (ARJAX_NOTEBOOK_SIZE=tiny) in a temporary working directory; a ce
 the test with the cell's error. Notebooks that convert released weights use the parity fixtures'
 tiny checkpoints at that size and skip when the fixtures are absent.
 """
-import os
 import re
 import time
 
 import pytest
-from conftest import FIXTURES, REPO
+from conftest import FIXTURES, REPO, UNOPTIMISED_XLA, optimised_xla_env
 
 NOTEBOOKS = REPO / "notebooks"
 SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
@@ -72,9 +71,8 @@ def test_notebook_executes_at_the_tiny_size(name, tmp_path, monkeypatch):
     monkeypatch.setenv("ARJAX_FIXTURES", str(FIXTURES))
     monkeypatch.setenv("ARJAX_CACHE", str(tmp_path / "cache"))  # no classifier or feature cache of the user's
     # most of a tiny notebook is XLA compiling: unoptimised code compiles faster (conftest.py sets it suite-wide)
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_backend_optimization_level" not in f]
-    monkeypatch.setenv("XLA_FLAGS", " ".join(flags if name in COMPUTE_BOUND else
-                                             [*flags, "--xla_backend_optimization_level=0"]))
+    flags = optimised_xla_env()["XLA_FLAGS"]
+    monkeypatch.setenv("XLA_FLAGS", flags if name in COMPUTE_BOUND else f"{flags} {UNOPTIMISED_XLA}".strip())
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})
